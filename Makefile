@@ -1,0 +1,55 @@
+# The training-run diagnostic workbooks. `make` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-done
+# Make the venv's `python3` kernel win over any user-level kernelspec of that name.
+export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help setup run test lab data bench student clean distclean
+
+help: ## list the targets
+	@echo "Training-run diagnostic workbooks"
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: python3.11 not found (set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+		|| { echo "error: $(PYTHON) is not Python 3.11 (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (workbooks)" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv, install helpers (editable) and the python3 kernel; idempotent
+
+run: setup ## execute every notebook on its sample run into reports/<notebook>/
+	$(PY) -m helpers.notebooks run
+
+test: setup ## lint, unit tests, notebook executions
+	$(VENV)/bin/ruff check helpers tests bench notebooks
+	$(PY) -m pytest
+
+lab: setup ## open JupyterLab on this environment
+	$(VENV)/bin/jupyter lab notebooks
+
+data: setup ## regenerate data_samples/ from the seeded simulators
+	$(PY) -m helpers.simulate data_samples
+
+bench: setup ## speed and memory ratios; table printed and written to bench/results/
+	$(PY) bench/run.py
+
+student: setup ## student copies of the notebooks (solution cells removed) in student/
+	$(PY) -m helpers.notebooks student
+
+clean: ## remove generated reports, student copies and caches (keeps .venv)
+	rm -rf reports student bench/results .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv
+	rm -rf $(VENV)

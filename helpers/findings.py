@@ -1,0 +1,117 @@
+"""Findings and summary.json: the same schema for every notebook (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = 1
+Status = Literal["detected", "not_detected", "not_applicable"]
+Severity = Literal["critical", "warning", "info"]
+STATUSES = ("detected", "not_detected", "not_applicable")
+SEVERITIES = ("critical", "warning", "info")
+
+
+@dataclass
+class Finding:
+    """One checked hypothesis: its status, how bad, what to do, and the numbers behind it."""
+
+    id: str
+    status: Status
+    severity: Severity
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
+        if not self.message or "\n" in self.message:
+            raise ValueError("message must be one non-empty line")
+
+    @property
+    def detected(self) -> bool:
+        return self.status == "detected"
+
+
+def not_applicable(finding_id: str, message: str, severity: Severity = "info") -> Finding:
+    """The input lacks what the check needs; ``message`` says which column or file."""
+    return Finding(finding_id, "not_applicable", severity, message)
+
+
+class Summary:
+    """Collects a notebook's parameters, findings and headline metrics; writes summary.json."""
+
+    def __init__(self, notebook: str, parameters: dict[str, Any]):
+        self.notebook = notebook
+        self.parameters = dict(parameters)
+        self.findings: dict[str, Finding] = {}
+        self.metrics: dict[str, Any] = {}
+
+    def add(self, *findings: Finding) -> None:
+        for f in findings:
+            self.findings[f.id] = f
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({
+            "notebook": self.notebook,
+            "schema_version": SCHEMA_VERSION,
+            "parameters": self.parameters,
+            "findings": {k: {kk: vv for kk, vv in asdict(f).items() if kk != "id"} for k, f in self.findings.items()},
+            "metrics": self.metrics,
+        })
+
+    def write(self, output_dir: str | Path) -> Path:
+        path = Path(output_dir) / "summary.json"
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        return path
+
+    def table(self) -> pd.DataFrame:
+        return verdict_table(self.findings.values())
+
+
+def verdict_table(findings) -> pd.DataFrame:
+    """Findings as a table, detected first and most severe first."""
+    rows = [{"finding": f.id, "status": f.status, "severity": f.severity, "message": f.message} for f in findings]
+    df = pd.DataFrame(rows, columns=["finding", "status", "severity", "message"])
+    order_status = {s: i for i, s in enumerate(STATUSES)}
+    order_sev = {s: i for i, s in enumerate(SEVERITIES)}
+    df = df.assign(_s=df.status.map(order_status), _v=df.severity.map(order_sev))
+    return df.sort_values(["_s", "_v"], kind="stable").drop(columns=["_s", "_v"]).reset_index(drop=True)
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def jsonable(obj: Any, digits: int = 10) -> Any:
+    """Plain JSON types: numpy scalars and arrays unwrapped, floats rounded, NaN/inf as None.
+
+    Rounding to ``digits`` significant digits keeps summary.json identical across
+    runs whose last float bits differ (thread counts, summation order).
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v, digits) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist(), digits)
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        x = float(obj)
+        if not math.isfinite(x):
+            return None
+        return float(f"{x:.{digits}g}")
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,28 @@
+"""Repository paths, so that nothing depends on the working directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+DATA_SAMPLES = REPO_ROOT / "data_samples"
+NOTEBOOKS = REPO_ROOT / "notebooks"
+REPORTS = REPO_ROOT / "reports"
+
+
+def sample_dir(notebook: str) -> Path:
+    """The sample run a notebook diagnoses by default."""
+    return DATA_SAMPLES / notebook
+
+
+def output_dir_for(notebook: str, output_dir: str | Path = "") -> Path:
+    """Where a notebook writes summary.json and figures; created if missing.
+
+    Empty means ``reports/<notebook>/`` under the repository root; a relative
+    path is taken from the current working directory.
+    """
+    out = Path(output_dir).expanduser() if str(output_dir) else REPORTS / notebook
+    out = out if out.is_absolute() else Path.cwd() / out
+    out.mkdir(parents=True, exist_ok=True)
+    return out
