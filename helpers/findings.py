@@ -40,6 +40,10 @@ class Finding:
     def detected(self) -> bool:
         return self.status == "detected"
 
+    def _repr_markdown_(self) -> str:
+        mark = {"detected": "⚠️" if self.severity != "info" else "ℹ️", "not_detected": "✅", "not_applicable": "➖"}
+        return f"{mark[self.status]} **{self.status}** ({self.severity}) `{self.id}`: {self.message}"
+
 
 def not_applicable(finding_id: str, message: str, severity: Severity = "info") -> Finding:
     """The input lacks what the check needs; ``message`` says which column or file."""

@@ -11,7 +11,7 @@ sums, all-reduced, are the exact distributed fix.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -190,18 +190,35 @@ def group_run_streamed(path, chunk_rows: int = 2_000_000, progress: bool = True)
 
 
 # --------------------------------------------------------------------------- candidates
+def channel_r2(s0, s1, s2, sse, multioutput: str = "flat"):
+    """R² from per-channel sums on the last axis (count, sum y, sum y², SSE).
+
+    ``flat``: all channels as one variable around the grand mean; ``uniform``:
+    mean of per-channel R²; ``variance_weighted``: 1 - sum SSE / sum SST over
+    channels (sklearn's conventions for the last two).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if multioutput == "flat":
+            n, t1, t2 = s0.sum(-1), s1.sum(-1), s2.sum(-1)
+            return 1 - sse.sum(-1) / (t2 - t1**2 / n)
+        ss_tot = s2 - s1**2 / s0
+        if multioutput == "uniform":
+            return np.mean(1 - sse / ss_tot, axis=-1)
+        if multioutput == "variance_weighted":
+            return 1 - sse.sum(-1) / ss_tot.sum(-1)
+    raise ValueError(f"multioutput must be flat, uniform or variance_weighted, got {multioutput!r}")
+
+
 def _multioutput(per_channel: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Metric values under each multi-output convention, from per-channel sums."""
     out = {}
-    flat_sums = per_channel[list(STAT_COLUMNS)].sum()
-    # "flat": all channels as one variable (around the grand mean)
-    flat = metrics_from_sums(flat_sums.to_dict())
+    flat = metrics_from_sums(per_channel[list(STAT_COLUMNS)].sum().to_dict())
     out["flat"] = {m: float(flat[m]) for m in METRICS}
     if len(per_channel) > 1:
         ch = metrics_from_sums({k: per_channel[k].to_numpy() for k in STAT_COLUMNS})
-        with np.errstate(invalid="ignore"):
+        w = ch["ss_tot"]
+        with np.errstate(divide="ignore", invalid="ignore"):
             out["uniform"] = {m: float(np.mean(ch[m])) for m in METRICS}
-            w = ch["ss_tot"]
             out["variance_weighted"] = {
                 "r2": float(1 - ch["sse"].sum() / w.sum()),
                 "explained_variance": float(np.sum(w * ch["explained_variance"]) / w.sum()),
@@ -332,21 +349,23 @@ def reconcile(run: GroupedRun, reported: Mapping, tolerance: float = 1e-4) -> pd
 
 
 # --------------------------------------------------------------------------- decompositions
-def variance_decomposition(run: GroupedRun, by: str | list[str]) -> dict[str, float]:
-    """Split each channel's total sum of squares into between-group and within-group parts.
+def variance_decomposition(run: GroupedRun, by: str | list[str], multioutput: str = "flat") -> dict[str, float]:
+    """Split the total sum of squares into between-group and within-group parts.
 
-    Sums over channels (the variance-weighted multi-output convention), on the
-    deduplicated rows. Returns ss_total, ss_between, ss_within, sse, eta2 (the
-    between share), r2_pooled = 1 - sse/ss_total and r2_within = 1 - sse/ss_within,
-    which satisfy 1 - r2_pooled = (1 - r2_within) (1 - eta2) exactly.
+    On the deduplicated rows. ``flat`` treats all channels as one variable;
+    ``variance_weighted`` decomposes each channel and adds them up. Returns
+    ss_total, ss_between, ss_within, sse, eta2 (the between share), r2_pooled =
+    1 - sse/ss_total and r2_within = 1 - sse/ss_within, which satisfy
+    1 - r2_pooled = (1 - r2_within) (1 - eta2) exactly.
     """
     by = [by] if isinstance(by, str) else list(by)
     st = run.stats[run.stats["dup"] == 0]
-    per_channel = metrics_from_sums(pooled(st, ["channel"]))
-    per_group = metrics_from_sums(pooled(st, ["channel", *by]))
-    ss_total = float(np.sum(per_channel["ss_tot"]))
-    ss_within = float(np.nansum(np.where(per_group["n"] >= 1, per_group["ss_tot"], 0.0)))
-    sse = float(np.sum(per_channel["sse"]))
+    chan = [] if multioutput == "flat" else ["channel"]
+    total = metrics_from_sums(pooled(st, chan))
+    per_group = metrics_from_sums(pooled(st, chan + by))
+    ss_total = float(np.sum(total["ss_tot"]))
+    ss_within = float(np.sum(np.where(per_group["n"] >= 2, per_group["ss_tot"], 0.0)))
+    sse = float(np.sum(total["sse"]))
     return {
         "ss_total": ss_total, "ss_between": ss_total - ss_within, "ss_within": ss_within, "sse": sse,
         "eta2": (ss_total - ss_within) / ss_total if ss_total > 0 else np.nan,
@@ -355,15 +374,19 @@ def variance_decomposition(run: GroupedRun, by: str | list[str]) -> dict[str, fl
     }
 
 
-def per_group_metrics(run: GroupedRun, by: str = "session", multioutput: str = "variance_weighted") -> pd.DataFrame:
-    """R², explained variance, Pearson r and r² per group on the deduplicated rows."""
-    st = run.stats[run.stats["dup"] == 0]
+def per_group_metrics(run: GroupedRun, by: str | list[str] = "session", multioutput: str = "flat",
+                      dedup: bool = True) -> pd.DataFrame:
+    """R², explained variance, Pearson r and r², count and target variance per group."""
+    st = run.stats[run.stats["dup"] == 0] if dedup else run.stats
     rows = []
     for g, sub in st.groupby(by, sort=True):
+        tot = metrics_from_sums(sub[list(STAT_COLUMNS)].sum().to_dict())
         vals = _multioutput(pooled(sub, ["channel"]))
         mo = multioutput if multioutput in vals else "flat"
-        flat_or_uniform = "uniform" if "uniform" in vals else "flat"
-        rows.append({by: g, "n": int(sub["n"].sum()), "r2": vals[mo]["r2"],
+        flat_or_uniform = "flat" if multioutput == "flat" or "uniform" not in vals else "uniform"
+        keys = dict(zip(by, g, strict=True)) if isinstance(by, list) else {by: g}
+        rows.append({**keys, "n": int(sub["n"].sum()), "target_variance": float(tot["ss_tot"] / tot["n"]),
+                     "r2": vals[mo]["r2"],
                      "explained_variance": vals[mo]["explained_variance"],
                      "pearson_r": vals[flat_or_uniform]["pearson_r"],
                      "pearson_r_squared": vals[flat_or_uniform]["pearson_r_squared"]})
@@ -384,8 +407,8 @@ def session_anova(df: pd.DataFrame) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- bootstrap
 def bootstrap_r2(df: pd.DataFrame, by: str = "session", n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95, progress: bool = False) -> pd.DataFrame:
-    """Percentile bootstrap interval of R² (variance-weighted over channels) per group.
+                 level: float = 0.95, multioutput: str = "flat", progress: bool = False) -> pd.DataFrame:
+    """Percentile bootstrap interval of R² per group (``multioutput`` as in :func:`channel_r2`).
 
     Resamples evaluated samples (all channels of a sample together) with
     replacement within each group; each replicate's R² comes from weighted
@@ -417,10 +440,7 @@ def bootstrap_r2(df: pd.DataFrame, by: str = "session", n_boot: int = 1000, seed
             b = min(256, n_boot - start)
             w = rng.multinomial(len(units), np.full(len(units), 1 / len(units)), size=b).astype(float)
             s = np.einsum("bu,kuc->kbc", w, base)  # (4, b, channel)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ss_tot = s[2] - s[1] ** 2 / s[0]
-                r2 = 1 - s[3].sum(axis=1) / ss_tot.sum(axis=1)
-            est.append(r2)
+            est.append(channel_r2(s[0], s[1], s[2], s[3], multioutput))
         est = np.concatenate(est)
         est = est[np.isfinite(est)]
         alpha = (1 - level) / 2

@@ -60,8 +60,9 @@ def make_regression_task(n_per_session: int, sessions, n_channels: int, n_featur
     return x.astype(np.float32), y.astype(np.float32), np.asarray(sessions)[sess_idx], offsets, scales, w
 
 
-def simulate(cfg: R2GapConfig = R2GapConfig()) -> tuple[pd.DataFrame, dict]:
+def simulate(cfg: R2GapConfig | None = None) -> tuple[pd.DataFrame, dict]:
     """The predictions table (long format, one row per sample x channel) and the logged JSON."""
+    cfg = cfg or R2GapConfig()
     rng = np.random.default_rng(cfg.seed)
     x, y, sess, offsets, scales, w = make_regression_task(
         cfg.samples_per_session, cfg.sessions, cfg.n_channels, cfg.n_features, rng,
@@ -122,10 +123,10 @@ def logged_metrics(table: pd.DataFrame, cfg: R2GapConfig) -> dict:
     return {"r2": round(r2, 3), "corr": round(corr, 3), "per_session": per_session}
 
 
-def write(out_dir: Path, cfg: R2GapConfig = R2GapConfig()) -> list[Path]:
+def write(out_dir: Path, cfg: R2GapConfig | None = None) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table, reported = simulate(cfg)
+    table, reported = simulate(cfg or R2GapConfig())
     p1, p2 = out_dir / "predictions.parquet", out_dir / "reported.json"
     table.to_parquet(p1, index=False)
     p2.write_text(json.dumps(reported, indent=2) + "\n")
