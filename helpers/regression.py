@@ -311,27 +311,30 @@ def flatten_reported(reported: Mapping) -> list[dict]:
 def reconcile(run: GroupedRun, reported: Mapping, tolerance: float = 1e-4) -> pd.DataFrame:
     """Which candidate computation reproduces each reported number.
 
-    A reported number is explained by the closest candidate within tolerance
-    (half a unit of its last printed decimal, at least ``tolerance``). When a
-    correct candidate (pooled over the deduplicated rows) is within tolerance,
-    it wins: the number is consistent with a correct computation and no bug is
-    attributed to it. ``n_matches`` says how many candidates fit, to show ambiguity.
+    A candidate fits when it is within tolerance of the number (half a unit of
+    its last printed decimal, at least ``tolerance``). Among fitting
+    candidates the simplest explanation wins: fewest departures from the
+    correct computation (scope other than ``all``, aggregation other than
+    ``pooled``, another metric), then the closest. So a number that the correct
+    computation reproduces is never blamed on a bug, and R² is not blamed on
+    explained variance when the two coincide. ``n_matches`` shows ambiguity.
     """
     sessions_by_text = {str(s): s for s in run.sessions}
     rows, tables = [], {}
     for item in flatten_reported(reported):
         sess = item["session"]
-        sess_value = None if sess is None else sessions_by_text[str(sess)]
         if sess not in tables:
-            tables[sess] = candidate_table(run, sess_value)
+            tables[sess] = candidate_table(run, None if sess is None else sessions_by_text[str(sess)])
         cand = tables[sess]
         value = float(item["text"])
         tol = printed_tolerance(item["text"], tolerance)
-        diff = (cand["value"] - value).abs()
-        fits = cand[diff <= tol].assign(diff=diff[diff <= tol]).sort_values("diff", kind="stable")
         correct_metric = "r2" if item["key"] == "r2" else "pearson_r"
-        ok = fits[fits["correct"] & (fits["metric"] == correct_metric)]
-        best = ok.iloc[0] if len(ok) else (fits.iloc[0] if len(fits) else None)
+        departures = ((cand["scope"] != "all").astype(int) + (cand["aggregation"] != "pooled")
+                      + (cand["metric"] != correct_metric))
+        diff = (cand["value"] - value).abs()
+        fits = cand.assign(diff=diff, departures=departures)[diff <= tol]
+        fits = fits.sort_values(["departures", "diff"], kind="stable")
+        best = fits.iloc[0] if len(fits) else None
         truth = cand[cand["correct"] & (cand["metric"] == correct_metric)]
         rows.append({
             "session": sess, "reported": item["key"], "value": value, "tolerance": tol,
@@ -343,7 +346,7 @@ def reconcile(run: GroupedRun, reported: Mapping, tolerance: float = 1e-4) -> pd
             "multioutput": None if best is None else best["multioutput"],
             "candidate_value": np.nan if best is None else float(best["value"]),
             "n_matches": len(fits),
-            "is_correct": bool(len(ok)),
+            "is_correct": best is not None and best["departures"] == 0,
         })
     return pd.DataFrame(rows)
 

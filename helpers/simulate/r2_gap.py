@@ -11,7 +11,7 @@ computed as the buggy script does (configurable, so clean runs can be made too).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +35,13 @@ class R2GapConfig:
     session_scale: tuple = (0.2, 2.5)  # range of per-session noise sd multipliers
     noise: float = 1.0  # target noise the features cannot explain
     captured_shift: float = 0.8  # share of each session's offset the model predicts
+    prediction_bias: float = 0.0  # constant added to every prediction
     # how the training script logged its metrics
     rank0_only: bool = True
     batch_mean: bool = True
     explained_variance: bool = True
     keep_padding: bool = True  # padded duplicates present in the predictions table
     per_session_correct: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def make_regression_task(n_per_session: int, sessions, n_channels: int, n_features: int,
@@ -71,7 +71,7 @@ def simulate(cfg: R2GapConfig | None = None) -> tuple[pd.DataFrame, dict]:
     sess_idx = np.repeat(np.arange(k), cfg.samples_per_session)
     # a model that learned the signal (with estimation error) and part of each session's offset
     w_hat = w + rng.normal(scale=0.15, size=w.shape)
-    pred = cfg.captured_shift * offsets[sess_idx] + x @ w_hat
+    pred = cfg.captured_shift * offsets[sess_idx] + x @ w_hat + cfg.prediction_bias
     n = len(y)
 
     rows = []

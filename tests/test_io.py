@@ -1,0 +1,126 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.io import InputError, check_shape, load_arrays, load_json, load_table, resolve_path
+from helpers.params import check_range, check_types, load_callable
+
+SCHEMA = {"y_true": "float", "y_pred": "float"}
+
+
+def one_line(exc: InputError) -> str:
+    text = exc._render_traceback_()
+    assert len(text) == 1 and "\n" not in text[0]
+    return text[0]
+
+
+def test_error_is_one_line_naming_parameter_file_problem(tmp_path):
+    with pytest.raises(InputError) as e:
+        load_table("predictions", tmp_path / "nope.parquet", SCHEMA)
+    line = one_line(e.value)
+    assert line.startswith("InputError: predictions: ") and "nope.parquet" in line and "file not found" in line
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_load_table_roundtrip_and_extra_columns_kept(tmp_path, suffix):
+    df = pd.DataFrame({"y_true": [1.0, 2.0], "y_pred": [1, 2], "other": ["a", "b"]})
+    path = tmp_path / f"t{suffix}"
+    df.to_parquet(path) if suffix == ".parquet" else df.to_csv(path, index=False)
+    got = load_table("p", path, SCHEMA)
+    assert got["y_pred"].dtype == float and list(got["other"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("frame, problem", [
+    (pd.DataFrame({"y_true": [1.0]}), "missing required column 'y_pred'"),
+    (pd.DataFrame({"y_true": [1.0, np.nan], "y_pred": [1.0, 2.0]}), "column 'y_true' has 1 NaN/inf values (first at row 1)"),
+    (pd.DataFrame({"y_true": [1.0, np.inf], "y_pred": [1.0, 2.0]}), "NaN/inf"),
+    (pd.DataFrame({"y_true": ["a", "b"], "y_pred": [1.0, 2.0]}), "column 'y_true' must be numeric"),
+    (pd.DataFrame({"y_true": pd.Series([], dtype=float), "y_pred": pd.Series([], dtype=float)}), "table has no rows"),
+])
+def test_load_table_rejects(tmp_path, frame, problem):
+    path = tmp_path / "t.parquet"
+    frame.to_parquet(path)
+    with pytest.raises(InputError) as e:
+        load_table("predictions", path, SCHEMA)
+    assert problem in str(e.value) and str(path) in str(e.value)
+
+
+def test_kinds_int_binary_key(tmp_path):
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"y_true": [1.0, 2], "y_pred": [1.0, 2], "rank": [0.5, 1], "label": [0, 2]}).to_parquet(path)
+    with pytest.raises(InputError, match="'rank' must hold integers"):
+        load_table("p", path, SCHEMA, {"rank": "int"})
+    with pytest.raises(InputError, match="only 0 and 1"):
+        load_table("p", path, SCHEMA, {"label": "binary"})
+    pd.DataFrame({"y_true": [1.0], "y_pred": [1.0], "session": [None]}).to_parquet(path)
+    with pytest.raises(InputError, match="'session' has 1 missing"):
+        load_table("p", path, SCHEMA, {"session": "key"})
+
+
+def test_unreadable_and_wrong_suffix(tmp_path):
+    bad = tmp_path / "t.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(InputError, match="cannot be read as a table"):
+        load_table("p", bad, SCHEMA)
+    txt = tmp_path / "t.txt"
+    txt.write_text("x")
+    with pytest.raises(InputError, match="unsupported file type '.txt'"):
+        load_table("p", txt, SCHEMA)
+    with pytest.raises(InputError, match="is a directory"):
+        load_table("p", tmp_path, SCHEMA)
+    with pytest.raises(InputError, match="expected a file path"):
+        resolve_path("p", "")
+
+
+def test_relative_paths_fall_back_to_repo_root(elsewhere):
+    path = resolve_path("predictions", "data_samples/01_r2_gap/predictions.parquet")
+    assert path.is_file() and elsewhere not in path.parents
+
+
+def test_load_arrays_and_shapes(tmp_path):
+    path = tmp_path / "a.npz"
+    np.savez(path, z=np.ones((3, 2)), group=np.array(["a", "b", "c"]), bad=np.array([np.nan]))
+    arrays = load_arrays("embeddings", path, ["z", "group"])
+    assert set(arrays) == {"z", "group"}
+    with pytest.raises(InputError, match="missing required array 'w'"):
+        load_arrays("embeddings", path, ["w"])
+    with pytest.raises(InputError, match="array 'bad' has 1 NaN/inf"):
+        load_arrays("embeddings", path, ["z"], optional=["bad"])
+    with pytest.raises(InputError, match=r"shape \(3, 2\), expected \(\*, 4\)"):
+        check_shape("embeddings", path, "z", arrays["z"], (None, 4))
+
+
+def test_load_json(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text('{"r2": 0.4790}')
+    assert load_json("reported", path, parse_float=str) == {"r2": "0.4790"}
+    path.write_text("{oops")
+    with pytest.raises(InputError, match="is not valid JSON"):
+        load_json("reported", path)
+
+
+def test_check_types_and_ranges():
+    assert check_types({"a": 1}, {"a": float}) == {"a": 1.0}
+    with pytest.raises(InputError, match="seed: expected an integer, got True"):
+        check_types({"seed": True}, {"seed": int})
+    with pytest.raises(InputError, match="tolerance: expected a number, got 'abc' \\(str\\)"):
+        check_types({"tolerance": "abc"}, {"tolerance": float})
+    with pytest.raises(InputError, match="missing"):
+        check_types({}, {"x": str})
+    with pytest.raises(InputError, match=r"must be in \[0, 1\], got 2"):
+        check_range("q", 2, 0, 1)
+    with pytest.raises(InputError, match="NaN"):
+        check_range("q", float("nan"), 0, 1)
+
+
+def test_load_callable(tmp_path):
+    assert load_callable("f", "numpy:mean") is np.mean
+    mod = tmp_path / "mine.py"
+    mod.write_text("def roc(s, y):\n    return 42\n")
+    assert load_callable("roc_function", f"{mod}:roc")(None, None) == 42
+    with pytest.raises(InputError, match="roc_function: .*has no callable named 'nope'"):
+        load_callable("roc_function", f"{mod}:nope")
+    with pytest.raises(InputError, match="cannot import 'no_such_module_xyz'"):
+        load_callable("f", "no_such_module_xyz:f")
+    with pytest.raises(InputError, match="expected 'module:function'"):
+        load_callable("f", "numpy")

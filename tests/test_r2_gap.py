@@ -1,0 +1,153 @@
+"""Notebook 01's findings on simulated runs that are not the sample run."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import r2_score
+
+from helpers import r2_gap as g
+from helpers.io import InputError
+from helpers.simulate.r2_gap import R2GapConfig, simulate
+
+REPORTED_IDS = ("unsynced_rank_metrics", "rank_averaged_metrics", "batch_averaged_r2", "explained_variance_as_r2",
+                "squared_correlation_as_r2", "reported_unexplained")
+CLEAN = R2GapConfig(seed=7, sessions=("s1", "s2", "s3", "s4"), samples_per_session=50, n_channels=3, world_size=4,
+                    batch_size=10, rank0_only=False, batch_mean=False, explained_variance=False, keep_padding=False)
+
+
+def statuses(table, reported):
+    d = g.diagnose(table, reported, n_boot=200)
+    return {f.id: f.status for f in g.findings(d)}, d
+
+
+def detected(st):
+    return {k for k, v in st.items() if v == "detected"}
+
+
+def test_sample_like_run_with_other_sizes_detects_every_planted_bug():
+    cfg = R2GapConfig(seed=3, sessions=tuple(range(6)), samples_per_session=45, n_channels=2, world_size=4,
+                      batch_size=12)  # 270 samples on 4 ranks: padded to 272
+    table, reported = simulate(cfg)
+    st, d = statuses(table, reported)
+    assert {"unsynced_rank_metrics", "batch_averaged_r2", "explained_variance_as_r2",
+            "sampler_padding_duplicates"} <= detected(st)
+    assert d.padding["n_duplicate_rows"] == 2 * 2
+    assert st["reported_unexplained"] == "not_detected"
+
+
+def test_clean_run_detects_no_bug():
+    table, reported = simulate(replace(CLEAN, session_shift=0.0))
+    st, _ = statuses(table, reported)
+    assert detected(st) == set(), st
+
+
+def test_clean_run_with_session_offsets_detects_only_the_real_gap():
+    table, reported = simulate(replace(CLEAN, session_shift=1.5))
+    st, d = statuses(table, reported)
+    assert detected(st) == {"between_session_variance"}
+    assert d.sessions["r2_pooled"] - d.sessions["r2_within"] >= g.MIN_SESSION_GAP
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (dict(rank0_only=True), {"unsynced_rank_metrics"}),
+    (dict(batch_mean=True), {"batch_averaged_r2"}),
+    (dict(explained_variance=True, prediction_bias=0.8), {"explained_variance_as_r2"}),
+    (dict(keep_padding=True), {"sampler_padding_duplicates"}),
+])
+def test_each_bug_alone_is_attributed_to_itself(flags, expected):
+    # 5 x 50 = 250 samples on 4 ranks: padded to 252
+    table, reported = simulate(replace(CLEAN, session_shift=0.0, sessions=("a", "b", "c", "d", "e"), **flags))
+    st, _ = statuses(table, reported)
+    assert detected(st) == expected, st
+
+
+def test_mean_over_ranks_is_the_source_fix1():
+    table, _ = simulate(replace(CLEAN, session_shift=0.0))
+    per_rank = [r2_score(t.y_true, t.y_pred) for _, t in table.groupby("rank")]
+    st, d = statuses(table, {"r2": str(np.mean(per_rank))})
+    assert detected(st) == {"rank_averaged_metrics"}
+    assert d.reconciliation["scope"].iloc[0] == "mean over ranks"
+
+
+def test_squared_correlation_logged_as_r2():
+    table, _ = simulate(replace(CLEAN, session_shift=0.0, prediction_bias=0.5))
+    r = np.corrcoef(table.y_true, table.y_pred)[0, 1]
+    st, _ = statuses(table, {"r2": f"{r * r:.4f}"})
+    assert "squared_correlation_as_r2" in detected(st)
+
+
+def test_numbers_from_elsewhere_are_unexplained():
+    table, _ = simulate(replace(CLEAN, session_shift=0.0))
+    st, _ = statuses(table, {"r2": "0.9876", "corr": "0.1234"})
+    assert detected(st) == {"reported_unexplained"}
+
+
+def test_minimal_table_without_optional_columns_or_reported():
+    table, _ = simulate(CLEAN)
+    minimal = table[table.channel == 0][["y_true", "y_pred"]]
+    st, d = statuses(minimal, {})
+    assert all(st[k] == "not_applicable" for k in (*REPORTED_IDS, "sampler_padding_duplicates", "between_session_variance"))
+    assert d.headline["r2"] == pytest.approx(r2_score(minimal.y_true, minimal.y_pred), abs=1e-12)
+
+
+def test_reported_but_missing_columns_are_not_applicable():
+    table, reported = simulate(R2GapConfig(seed=5))
+    st, _ = statuses(table.drop(columns=["rank", "batch"]), reported)
+    assert st["unsynced_rank_metrics"] == st["batch_averaged_r2"] == "not_applicable"
+    assert st["explained_variance_as_r2"] in ("detected", "not_detected")
+
+
+def test_single_session_and_tiny_sessions():
+    table, _ = simulate(replace(CLEAN, sessions=("only",)))
+    st, _ = statuses(table, {})
+    assert st["between_session_variance"] == "not_detected"
+    t2 = table.copy()
+    t2.loc[t2.index[:3], "session"] = "tiny"  # a session of one sample (three channel rows)
+    st, d = statuses(t2, {})
+    assert "tiny" in set(d.per_session["session"])
+
+
+def write_reported(tmp_path, obj):
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(obj) if not isinstance(obj, str) else obj)
+    return p
+
+
+@pytest.mark.parametrize("obj, problem", [
+    ([1, 2], "expected a JSON object"),
+    ({"r2": "high"}, "'r2' must be a finite number, got 'high'"),
+    ({"r2": True}, "'r2' must be a number"),
+    ({"per_session": {"zzz": {"r2": 0.1}}}, "per_session has session 'zzz' that is not in the predictions"),
+    ({"per_session": {"s1": 0.3}}, "per_session['s1'] must be an object"),
+])
+def test_load_reported_rejects(tmp_path, obj, problem):
+    with pytest.raises(InputError) as e:
+        g.load_reported("reported", write_reported(tmp_path, obj), ["s1", "s2"])
+    assert problem in str(e.value) and str(tmp_path) in str(e.value) and str(e.value).startswith("reported: ")
+
+
+def test_load_reported_keeps_printed_precision(tmp_path):
+    rep = g.load_reported("reported", write_reported(tmp_path, '{"r2": 0.4790, "per_session": {"1": {"corr": 0.6}}}'), [1, 2])
+    assert rep == {"r2": "0.4790", "per_session": {"1": {"corr": "0.6"}}}
+
+
+def test_load_inputs_rejects_bad_parameters():
+    base = dict(predictions="data_samples/01_r2_gap/predictions.parquet", reported="", multioutput="flat",
+                tolerance=1e-4, n_bootstrap=200, lab_world_size=4, output_dir="", run_demos=False, seed=0)
+    with pytest.raises(InputError, match="multioutput: must be one of"):
+        g.load_inputs({**base, "multioutput": "mean"})
+    with pytest.raises(InputError, match="lab_world_size: must be in"):
+        g.load_inputs({**base, "lab_world_size": 1})
+    p, table, rep = g.load_inputs(base)
+    assert rep == {} and len(table) == 1696
+
+
+def test_repeated_samples():
+    table, _ = simulate(R2GapConfig())
+    rep = g.repeated_samples(table)
+    assert rep["sample_id"].tolist() == [0, 1, 2, 3] and rep["times"].eq(2).all()
+    assert rep["ranks"].tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert g.repeated_samples(pd.DataFrame({"y_true": [1.0]})).empty
