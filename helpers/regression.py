@@ -54,38 +54,68 @@ def metrics_from_sums(s: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             "ss_tot": ss_tot, "sse": see, "n": n}
 
 
-def suff_stats(y_true, y_pred, codes=None, n_groups: int | None = None, center: float | None = None) -> pd.DataFrame:
-    """Per-group sufficient statistics of (y, p) rows, one bincount pass each.
+def suff_stats(y_true, y_pred, codes=None, n_groups: int | None = None, center: float | None = None,
+               starts: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-group sufficient statistics of (y, p) rows.
 
-    ``codes`` are non-negative integer group ids (None: one group). Targets are
-    centred on ``center`` (default: their mean) before summing, which keeps the
-    sums well conditioned; pass the same ``center`` to stats that will be added.
+    Groups are given by ``codes`` (non-negative integer ids, one bincount pass
+    per statistic), or by ``starts`` (first row of each run of consecutive rows,
+    one sequential ``np.add.reduceat`` pass per statistic), or neither (one
+    group). Targets are centred on ``center`` (default: their mean) before
+    summing, which keeps the sums well conditioned; stats that will be added
+    together must share the same ``center``.
     """
     y = np.asarray(y_true, dtype=float).ravel()
-    e = y - np.asarray(y_pred, dtype=float).ravel()
+    p = np.asarray(y_pred, dtype=float).ravel()
     c = float(np.mean(y)) if center is None else center
-    y = y - c
-    if codes is None:
-        sums = [len(y), y.sum(), y @ y, e.sum(), e @ e, y @ e]
+    yc = np.subtract(y, c)
+    e = np.subtract(y, p)
+    if codes is None and starts is None:
+        sums = [len(y), yc.sum(), yc @ yc, e.sum(), e @ e, yc @ e]
         return pd.DataFrame([sums], columns=list(STAT_COLUMNS))
-    codes = np.asarray(codes)
-    m = int(codes.max()) + 1 if n_groups is None else n_groups
-    cols = {
-        "n": np.bincount(codes, minlength=m).astype(float),
-        "sy": np.bincount(codes, y, m),
-        "syy": np.bincount(codes, y * y, m),
-        "se": np.bincount(codes, e, m),
-        "see": np.bincount(codes, e * e, m),
-        "sye": np.bincount(codes, y * e, m),
-    }
-    return pd.DataFrame(cols)
+    if starts is not None:
+        reduce = lambda w: np.add.reduceat(w, starts)  # noqa: E731
+        counts = np.diff(np.append(starts, len(y))).astype(float)
+    else:
+        codes = np.asarray(codes)
+        m = int(codes.max()) + 1 if n_groups is None else n_groups
+        reduce = lambda w: np.bincount(codes, w, m)  # noqa: E731
+        counts = np.bincount(codes, minlength=m).astype(float)
+    cols = {"n": counts, "sy": reduce(yc), "se": reduce(e)}
+    cols["sye"] = reduce(yc * e)
+    cols["syy"] = reduce(np.multiply(yc, yc, out=yc))
+    cols["see"] = reduce(np.multiply(e, e, out=e))
+    return pd.DataFrame({k: cols[k] for k in STAT_COLUMNS})
+
+
+def _group_index(frame: pd.DataFrame, by: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Group id per row (0..G-1, in sorted key order) and the key values of each group."""
+    pairs = [_codes(frame[k].to_numpy()) for k in by]
+    inv, unravel = _group_codes([c for c, _ in pairs], [len(u) for _, u in pairs])
+    keys = pd.DataFrame({k: u[c] for k, (_, u), c in zip(by, pairs, unravel, strict=True)})
+    return inv, keys
 
 
 def pooled(stats: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
-    """Add up sufficient statistics over all groups, or within each ``by`` group."""
+    """Add up sufficient statistics over all groups, or within each ``by`` group (sorted by key)."""
     if not by:
         return stats[list(STAT_COLUMNS)].sum().to_frame().T
-    return stats.groupby(by, sort=True, observed=True)[list(STAT_COLUMNS)].sum().reset_index()
+    inv, keys = _group_index(stats, by)
+    for col in STAT_COLUMNS:
+        keys[col] = np.bincount(inv, stats[col].to_numpy(), len(keys))
+    return keys
+
+
+def _mean_by(inv: np.ndarray, n_groups: int, values: np.ndarray, skip_nan: bool) -> np.ndarray:
+    """Per-group mean of ``values``; NaNs skipped, or (skip_nan=False) making the group's mean NaN."""
+    bad = ~np.isfinite(values)
+    total = np.bincount(inv, np.where(bad, 0.0, values), n_groups)
+    count = np.bincount(inv, (~bad).astype(float), n_groups)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = total / count
+    if not skip_nan:
+        mean[np.bincount(inv, bad.astype(float), n_groups) > 0] = np.nan
+    return mean
 
 
 # --------------------------------------------------------------------------- the row table
@@ -114,53 +144,90 @@ class GroupedRun:
 
 
 def _codes(values) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes 0..k-1 and the sorted unique values (small-range ints without hashing)."""
+    """Integer codes and the values they stand for.
+
+    Small-range integers are their own codes (offset by the minimum), so no
+    hashing is needed; levels that do not occur are dropped later with the
+    empty groups. Anything else is factorised (sorted).
+    """
     a = np.asarray(values)
-    if a.dtype.kind in "iu" and a.size:
+    if a.dtype.kind in "iub" and a.size:
         lo, hi = int(a.min()), int(a.max())
         if hi - lo <= 4 * a.size + 1_000_000:
-            present = np.zeros(hi - lo + 1, dtype=bool)
-            present[a - lo] = True
-            uniques = np.flatnonzero(present) + lo
-            remap = np.cumsum(present) - 1
-            return remap[a - lo], uniques
+            return (a - lo if lo else a).astype(np.int64, copy=False), np.arange(lo, hi + 1)
     codes, uniques = pd.factorize(pd.Series(a), sort=True)
     return codes, np.asarray(uniques)
 
 
+def _run_starts(columns: list[np.ndarray]) -> np.ndarray:
+    """First row of every run of consecutive rows that agree on all ``columns``."""
+    n = len(columns[0])
+    change = np.zeros(max(n - 1, 0), dtype=bool)
+    for col in columns:
+        change |= col[1:] != col[:-1]
+    return np.concatenate([[0], np.flatnonzero(change) + 1])
+
+
 def group_run(df: pd.DataFrame, center: float | None = None) -> GroupedRun:
-    """Reduce a predictions table (y_true, y_pred; optional session, rank, batch, channel, sample_id)."""
+    """Reduce a predictions table (y_true, y_pred; optional session, rank, batch, channel, sample_id).
+
+    Rows written batch by batch (the usual evaluation log) form long runs of
+    one (session, rank, batch, channel): those are summed sequentially run by
+    run, and only the runs are grouped. Shuffled rows are grouped directly.
+    """
     n = len(df)
     has = {k: k in df.columns for k in ("session", "rank", "batch", "channel", "sample_id")}
     dup = np.zeros(n, dtype=np.int64)
     if has["sample_id"]:
         subset = ["sample_id", "channel"] if has["channel"] else ["sample_id"]
         dup = df.duplicated(subset=subset, keep="first").to_numpy().astype(np.int64)
-    levels, code_arrays = {"dup": np.array([0, 1])}, [dup]
-    for k in ("session", "rank", "batch", "channel"):
-        if has[k]:
-            c, u = _codes(df[k].to_numpy())
+    present = [k for k in ("session", "rank", "batch", "channel") if has[k]]
+    raw = {k: df[k].to_numpy() for k in present}
+    if has["sample_id"]:
+        raw["dup"] = dup
+    starts = _run_starts(list(raw.values())) if raw else np.array([0])
+    by_runs = len(starts) <= n // 4
+    if by_runs:
+        raw = {k: v[starts] for k, v in raw.items()}
+    m = len(starts) if by_runs else n
+    levels, code_arrays = {}, []
+    for k in KEY_COLUMNS:
+        if k in raw:
+            c, u = (raw[k], np.array([0, 1])) if k == "dup" else _codes(raw[k])
         else:
-            c, u = np.zeros(n, dtype=np.int64), np.array([0])
+            c, u = np.zeros(m, dtype=np.int64), np.array([0])
         code_arrays.append(c)
         levels[k] = u
-    sizes = [len(levels[k]) for k in KEY_COLUMNS]
-    key = np.ravel_multi_index(code_arrays, sizes) if np.prod(sizes, dtype=float) < 2**62 else None
-    total = int(np.prod(sizes, dtype=float)) if key is not None else 0
-    if key is not None and total <= max(4 * n, 1_000_000):
-        stats = suff_stats(df["y_true"], df["y_pred"], key, total, center)
-        present = np.flatnonzero(stats["n"].to_numpy() > 0)
-        stats = stats.iloc[present].reset_index(drop=True)
-        unravel = np.unravel_index(present, sizes)
-    else:  # too many key combinations for a dense bincount: compress the keys first
-        key_frame = pd.DataFrame(dict(zip(KEY_COLUMNS, code_arrays, strict=True)))
-        inv, uniq = pd.MultiIndex.from_frame(key_frame).factorize(sort=True)
-        stats = suff_stats(df["y_true"], df["y_pred"], inv, len(uniq), center)
-        unravel = [np.asarray(uniq.get_level_values(i)) for i in range(len(KEY_COLUMNS))]
-    c = float(df["y_true"].mean()) if center is None else center
+    inv, unravel = _group_codes(code_arrays, [len(levels[k]) for k in KEY_COLUMNS])
+    y, p = df["y_true"].to_numpy(), df["y_pred"].to_numpy()
+    c = float(np.mean(y)) if center is None else center
+    if by_runs:
+        per_run = suff_stats(y, p, center=c, starts=starts)
+        stats = pd.DataFrame({k: np.bincount(inv, per_run[k].to_numpy(), len(unravel[0])) for k in STAT_COLUMNS})
+    else:
+        stats = suff_stats(y, p, inv, len(unravel[0]), c)
     for k, codes in zip(KEY_COLUMNS, unravel, strict=True):
         stats.insert(len(stats.columns) - len(STAT_COLUMNS), k, levels[k][codes])
     return GroupedRun(stats, has, n, int(dup.sum()), c)
+
+
+def _group_codes(code_arrays: list[np.ndarray], sizes: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Compact group ids 0..G-1 for rows keyed by several code arrays, and each key's codes per group."""
+    n = len(code_arrays[0])
+    if np.prod(sizes, dtype=float) < 2**62:
+        key = np.ravel_multi_index(code_arrays, sizes)
+        dense = int(np.prod(sizes, dtype=float))
+        if dense <= max(4 * n, 1_000_000):  # compact the dense key to the groups present
+            present = np.flatnonzero(np.bincount(key, minlength=dense))
+            remap = np.empty(dense, dtype=np.int64)
+            remap[present] = np.arange(len(present))
+            return remap[key], list(np.unravel_index(present, sizes))
+        codes, uniques = pd.factorize(key, sort=True)
+        return codes, list(np.unravel_index(np.asarray(uniques), sizes))
+    # too many key combinations for one integer: factorise the tuples
+    frame = pd.DataFrame({str(i): a for i, a in enumerate(code_arrays)})
+    codes, uniq = pd.MultiIndex.from_frame(frame).factorize(sort=True)
+    return codes, [np.asarray(uniq.get_level_values(i)) for i in range(len(code_arrays))]
 
 
 def group_run_streamed(path, chunk_rows: int = 2_000_000, progress: bool = True) -> GroupedRun:
@@ -227,24 +294,38 @@ def _multioutput(per_channel: pd.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
-def _scope_values(stats: pd.DataFrame, batch_mean: bool) -> dict[str, dict[str, float]]:
-    """Metric values (by multi-output convention) pooled over ``stats`` or averaged over its batches."""
-    if not batch_mean:
-        return _multioutput(pooled(stats, ["channel"]))
-    per_batch = pooled(stats, ["rank", "batch", "channel"])
-    values: dict[str, dict[str, list]] = {}
-    for _, b in per_batch.groupby(["rank", "batch"], sort=True):
-        for mo, vals in _multioutput(b).items():
-            for m, v in vals.items():
-                values.setdefault(mo, {}).setdefault(m, []).append(v)
-    with np.errstate(invalid="ignore"):
-        return {mo: {m: _nanmean(v) for m, v in d.items()} for mo, d in values.items()}
+def _metric_columns(per_channel: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per ``by`` group: every (multioutput, metric) value, from per-(group, channel) sums (vectorised).
+
+    Returns (values with one column per (multioutput, metric), the groups' keys).
+    """
+    inv, keys = _group_index(per_channel, by)
+    g = len(keys)
+    sums = {k: np.bincount(inv, per_channel[k].to_numpy(), g) for k in STAT_COLUMNS}
+    flat = metrics_from_sums(sums)
+    out = {("flat", m): flat[m] for m in METRICS}
+    if per_channel["channel"].nunique() > 1:
+        ch = metrics_from_sums({k: per_channel[k].to_numpy() for k in STAT_COLUMNS})
+        for m in METRICS:  # a channel with an undefined metric makes the mean undefined
+            out[("uniform", m)] = _mean_by(inv, g, ch[m], skip_nan=False)
+        ss_tot, sse = np.bincount(inv, ch["ss_tot"], g), np.bincount(inv, ch["sse"], g)
+        w_ev = np.bincount(inv, ch["ss_tot"] * ch["explained_variance"], g)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[("variance_weighted", "r2")] = 1 - sse / ss_tot
+            out[("variance_weighted", "explained_variance")] = w_ev / ss_tot
+    return pd.DataFrame(out), keys
 
 
-def _nanmean(v) -> float:
-    v = np.asarray(v, dtype=float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if v.size else np.nan
+def _long(values: pd.Series, scope: str, aggregation: str) -> list[tuple]:
+    return [(scope, aggregation, m, mo, float(v)) for (mo, m), v in values.items()]
+
+
+def _means_by_rank(values: pd.DataFrame, ranks: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    codes, uniques = _codes(ranks)
+    inv, unravel = _group_codes([codes], [len(uniques)])
+    g = len(unravel[0])
+    means = {col: _mean_by(inv, g, values[col].to_numpy(), skip_nan=True) for col in values.columns}
+    return pd.DataFrame(means), uniques[unravel[0]]
 
 
 def candidate_table(run: GroupedRun, session=None) -> pd.DataFrame:
@@ -253,27 +334,35 @@ def candidate_table(run: GroupedRun, session=None) -> pd.DataFrame:
     Columns: scope (``all`` = duplicates removed, ``all incl. duplicates``,
     ``rank <k>``, ``mean over ranks``), aggregation (``pooled`` or ``batch mean``),
     metric, multioutput, value, and ``correct`` (the pooled, deduplicated value a
-    reported number should equal).
+    reported number should equal). Batch means skip batches whose metric is
+    undefined (fewer than 2 rows or a constant target), as nanmean would.
     """
     st = run.stats if session is None else run.stats[run.stats["session"] == session]
     clean = st[st["dup"] == 0]
-    scopes: list[tuple[str, pd.DataFrame]] = [("all", clean)]
-    if run.n_duplicate_rows and (st["dup"] == 1).any():
-        scopes.append(("all incl. duplicates", st))
-    if run.has["rank"] and st["rank"].nunique() > 1:
-        scopes += [(f"rank {r}", g) for r, g in st.groupby("rank", sort=True)]
-    aggregations = ["pooled"] + (["batch mean"] if run.has["batch"] else [])
-    rows = []
-    for scope, sub in scopes:
-        for agg in aggregations:
-            for mo, vals in _scope_values(sub, agg == "batch mean").items():
-                for m, v in vals.items():
-                    rows.append((scope, agg, m, mo, v))
-    if run.has["rank"] and st["rank"].nunique() > 1:  # the seed's Fix 1: average per-rank values
-        per_rank = [r for r in rows if r[0].startswith("rank ")]
-        frame = pd.DataFrame(per_rank, columns=["scope", "aggregation", "metric", "multioutput", "value"])
-        for (agg, m, mo), g in frame.groupby(["aggregation", "metric", "multioutput"], sort=False):
-            rows.append(("mean over ranks", agg, m, mo, _nanmean(g["value"])))
+    with_dups = bool((st["dup"] == 1).any())
+    multi_rank = run.has["rank"] and st["rank"].nunique() > 1
+    rows: list[tuple] = []
+    whole = lambda frame: _metric_columns(pooled(frame, ["channel"]).assign(_all=0), ["_all"])[0].iloc[0]  # noqa: E731
+    # pooled: over all rows, and per rank (each rank's own shard, its padding included)
+    rows += _long(whole(clean), "all", "pooled")
+    if with_dups:
+        rows += _long(whole(st), "all incl. duplicates", "pooled")
+    if multi_rank:
+        per_rank, keys = _metric_columns(pooled(st, ["rank", "channel"]), ["rank"])
+        for r, (_, values) in zip(keys["rank"], per_rank.iterrows(), strict=True):
+            rows += _long(values, f"rank {r}", "pooled")
+        rows += _long(per_rank.mean(), "mean over ranks", "pooled")  # the source's Fix 1
+    if run.has["batch"]:
+        batches, keys = _metric_columns(pooled(clean, ["rank", "batch", "channel"]), ["rank", "batch"])
+        rows += _long(batches.mean(), "all", "batch mean")
+        if with_dups:
+            batches, keys = _metric_columns(pooled(st, ["rank", "batch", "channel"]), ["rank", "batch"])
+            rows += _long(batches.mean(), "all incl. duplicates", "batch mean")
+        if multi_rank:
+            per_rank, ranks = _means_by_rank(batches, keys["rank"].to_numpy())
+            for r, (_, values) in zip(ranks, per_rank.iterrows(), strict=True):
+                rows += _long(values, f"rank {r}", "batch mean")
+            rows += _long(per_rank.mean(), "mean over ranks", "batch mean")
     out = pd.DataFrame(rows, columns=["scope", "aggregation", "metric", "multioutput", "value"])
     out = out[np.isfinite(out["value"])].reset_index(drop=True)
     out["correct"] = (out["scope"] == "all") & (out["aggregation"] == "pooled")
