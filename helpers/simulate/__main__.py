@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 from ..paths import DATA_SAMPLES
-from . import r2_gap
+from . import encoder_variance, r2_gap
 
 WRITERS = {
     "01_r2_gap": r2_gap.write,
+    "02_encoder_variance": encoder_variance.write,
 }
 
 

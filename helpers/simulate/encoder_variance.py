@@ -1,0 +1,266 @@
+"""Sample run for notebook 02: small task encoders trained on synthetic puzzles.
+
+A puzzle is a task with a hidden parameter ``theta`` (``n_factors`` numbers); a
+demonstration of it is a few (x, y) pairs with ``y = x + A theta + noise``. An
+encoder maps one demonstration to a task embedding; a decoder must predict the
+outputs of new query inputs of the same puzzle from that embedding. Three
+encoders are trained the same way and differ only in the latent:
+
+- ``deterministic``: the embedding is the encoder output;
+- ``collapsed_variational``: a Gaussian posterior (logvar head initialised at 0,
+  32-d latent) with KL weight 1e-4: the posterior variance shrinks towards 0;
+- ``healthy_variational``: the same with KL weight 1e-3.
+
+The exported npz follows the input contract of notebook 02: ``z`` (posterior
+means, eval mode), ``group`` (puzzle ids), and for the variational encoders
+``z_samples`` (R passes with the latent sampled explicitly) and ``logvar``.
+Everything is seeded and single-threaded, so the files are identical each run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.adam import adam
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    seed: int = 0
+    n_factors: int = 8  # hidden task parameters per puzzle
+    x_dim: int = 8
+    pairs: int = 3  # (x, y) pairs per demonstration
+    noise: float = 0.7  # sd of the output noise in a demonstration
+    latent: int = 32
+    hidden: int = 64
+    dropout: float = 0.1
+    steps: int = 200
+    batch: int = 64  # puzzles per training step
+    queries: int = 8  # query inputs per puzzle per step
+    lr: float = 5e-3
+    # the exported evaluation set
+    n_puzzles: int = 64
+    n_demos: int = 6
+    n_passes: int = 8
+
+
+# name -> (variational, KL weight)
+ENCODERS = {
+    "collapsed_variational": (True, 1e-4),
+    "deterministic": (False, 0.0),
+    "healthy_variational": (True, 1e-3),
+}
+
+
+@contextlib.contextmanager
+def deterministic_torch(seed: int):
+    """Seeded, single-threaded torch inside the block; the thread count is restored after.
+
+    One thread fixes the summation order; the ops used here (linear layers, ReLU, dropout,
+    randn) are deterministic on CPU, so ``torch.use_deterministic_algorithms`` is not
+    needed (and it imports ``torch._dynamo``, about a second).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class PuzzleTask:
+    """Puzzles ``theta ~ N(0, I)``; demonstrations ``(x, x + A theta + noise)``."""
+
+    def __init__(self, cfg: EncoderConfig):
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(10_000 + cfg.seed)
+        self.A = torch.randn(cfg.x_dim, cfg.n_factors, generator=g) / cfg.n_factors**0.5
+
+    def puzzles(self, n: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.cfg.n_factors, generator=g)
+
+    def shift(self, theta: torch.Tensor) -> torch.Tensor:
+        return theta @ self.A.T
+
+    def demonstrations(self, theta: torch.Tensor, n_demos: int, g: torch.Generator) -> torch.Tensor:
+        """(n, n_demos, pairs * 2 * x_dim): each demonstration's pairs, flattened."""
+        c = self.cfg
+        x = torch.randn(len(theta), n_demos, c.pairs, c.x_dim, generator=g)
+        y = x + self.shift(theta)[:, None, None, :] + c.noise * torch.randn(x.shape, generator=g)
+        return torch.cat([x, y], dim=-1).flatten(-2)
+
+    def queries(self, theta: torch.Tensor, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(len(theta), n, self.cfg.x_dim, generator=g)
+        return x, x + self.shift(theta)[:, None, :]
+
+
+class TaskEncoder(nn.Module):
+    """Demonstration -> posterior mean (and logvar if variational). Has dropout, so
+    ``train()`` and ``eval()`` passes differ; the latent is *not* sampled here."""
+
+    def __init__(self, cfg: EncoderConfig, variational: bool):
+        super().__init__()
+        d_in = cfg.pairs * 2 * cfg.x_dim
+        self.variational = variational
+        self.body = nn.Sequential(nn.Linear(d_in, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                  nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU())
+        self.mu = nn.Linear(cfg.hidden, cfg.latent)
+        self.logvar = nn.Linear(cfg.hidden, cfg.latent) if variational else None
+        if self.logvar is not None:  # logvar initialised at 0, as in the source
+            nn.init.zeros_(self.logvar.weight)
+            nn.init.zeros_(self.logvar.bias)
+
+    def forward(self, demos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.body(demos)
+        return self.mu(h), (self.logvar(h) if self.logvar is not None else None)
+
+    def sample(self, demos: torch.Tensor) -> torch.Tensor:
+        """One stochastic embedding per demonstration: the latent sampled explicitly,
+        whatever the module's train/eval mode (eval only turns dropout off)."""
+        mu, logvar = self(demos)
+        if logvar is None:
+            return mu
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+class FunctionalAdam:
+    """torch.optim.Adam's update (``torch.optim.adam.adam``, the single-tensor path it takes on
+    CPU), same numbers, without building a ``torch.optim.Optimizer``: its first use imports
+    ``torch._dynamo``, about a second of the notebook's run time."""
+
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        self.lr = lr
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.steps = [torch.tensor(0.0) for _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        adam(self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [], self.steps,
+             foreach=False, amsgrad=False, beta1=0.9, beta2=0.999, lr=self.lr, weight_decay=0.0,
+             eps=1e-8, maximize=False)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cfg.latent + cfg.x_dim, cfg.hidden), nn.ReLU(),
+                                 nn.Linear(cfg.hidden, cfg.x_dim))
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([z[:, None, :].expand(-1, x.shape[1], -1), x], dim=-1))
+
+
+def train_encoder(kl_weight: float, variational: bool = True, cfg: EncoderConfig = EncoderConfig(),
+                  seed: int | None = None) -> tuple[TaskEncoder, dict]:
+    """Train encoder + decoder on fresh puzzles each step (MSE + kl_weight * KL); returns the
+    encoder in eval mode and the last losses. Seeded; about half a second on one CPU thread."""
+    seed = cfg.seed if seed is None else seed
+    task = PuzzleTask(cfg)
+    with deterministic_torch(seed):
+        g = torch.Generator().manual_seed(seed + 1)
+        enc, dec = TaskEncoder(cfg, variational), Decoder(cfg)
+        opt = FunctionalAdam([*enc.parameters(), *dec.parameters()], lr=cfg.lr)
+        enc.train()
+        for _ in range(cfg.steps):
+            theta = task.puzzles(cfg.batch, g)
+            demos = task.demonstrations(theta, 1, g)[:, 0]
+            xq, yq = task.queries(theta, cfg.queries, g)
+            mu, logvar = enc(demos)
+            if logvar is not None:
+                z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+                kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(dim=1).mean()
+            else:
+                z, kl = mu, torch.zeros(())
+            mse = ((dec(z, xq) - yq) ** 2).mean()
+            loss = mse + kl_weight * kl
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    enc.eval()
+    return enc, {"mse": float(mse.detach()), "kl": float(kl.detach()), "kl_weight": kl_weight}
+
+
+def evaluation_set(cfg: EncoderConfig = EncoderConfig(), seed: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Demonstrations (n_puzzles * n_demos, d_in) of fresh puzzles and their puzzle ids."""
+    seed = cfg.seed if seed is None else seed
+    task = PuzzleTask(cfg)
+    g = torch.Generator().manual_seed(seed + 2)
+    theta = task.puzzles(cfg.n_puzzles, g)
+    demos = task.demonstrations(theta, cfg.n_demos, g).reshape(cfg.n_puzzles * cfg.n_demos, -1)
+    group = np.repeat(np.arange(1000, 1000 + cfg.n_puzzles), cfg.n_demos)
+    return demos, group
+
+
+def embed(enc: TaskEncoder, demos: torch.Tensor, n_passes: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The notebook-02 arrays: eval-mode posterior means, and for a variational encoder
+    ``n_passes`` explicit samples of the latent plus the logvar."""
+    with deterministic_torch(seed), torch.no_grad():
+        enc.eval()
+        mu, logvar = enc(demos)
+        out = {"z": mu.numpy().astype(np.float32)}
+        if logvar is not None:
+            eps = torch.randn(mu.shape[0], n_passes, mu.shape[1])
+            samples = mu[:, None, :] + torch.exp(0.5 * logvar)[:, None, :] * eps
+            out["z_samples"] = samples.numpy().astype(np.float32)
+            out["logvar"] = logvar.numpy().astype(np.float32)
+    return out
+
+
+def repeated_passes(enc: TaskEncoder, demos: torch.Tensor, n_passes: int, mode: str, seed: int = 0) -> np.ndarray:
+    """(N, n_passes, latent) repeated passes of the same inputs, the three ways a script might do it:
+    ``"train"`` (dropout on, latent sampled), ``"eval"`` (the usual ``model.eval()`` forward that
+    returns the mean: dropout off, nothing sampled), ``"eval+sample"`` (dropout off, latent sampled
+    explicitly - the right way to measure sampling variance)."""
+    if mode not in ("train", "eval", "eval+sample"):
+        raise ValueError(f"mode must be 'train', 'eval' or 'eval+sample', got {mode!r}")
+    was_training = enc.training
+    with deterministic_torch(seed), torch.no_grad():
+        enc.train(mode == "train")
+        passes = [enc(demos)[0] if mode == "eval" else enc.sample(demos) for _ in range(n_passes)]
+    enc.train(was_training)
+    return torch.stack(passes, dim=1).numpy()
+
+
+def simulate(name: str, cfg: EncoderConfig = EncoderConfig()) -> dict[str, np.ndarray]:
+    """Train encoder ``name`` (a key of :data:`ENCODERS`) and return its npz arrays."""
+    variational, kl_weight = ENCODERS[name]
+    enc, _ = train_encoder(kl_weight, variational, cfg)
+    demos, group = evaluation_set(cfg)
+    return {**embed(enc, demos, cfg.n_passes, seed=cfg.seed + 3), "group": group}
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """np.savez without timestamps: the same arrays give the same bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key, value in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+    return path
+
+
+def write(out_dir: Path, cfg: EncoderConfig = EncoderConfig(), names=tuple(ENCODERS)) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [save_npz(out_dir / f"{name}.npz", simulate(name, cfg)) for name in names]
+
+
+def with_seed(seed: int, **changes) -> EncoderConfig:
+    """A configuration for a run that is not the sample (another seed, other sizes)."""
+    return replace(EncoderConfig(), seed=seed, **changes)
