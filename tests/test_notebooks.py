@@ -1,7 +1,6 @@
 """Notebook executions with papermill, and the hygiene of the committed notebooks."""
 
 import json
-from dataclasses import replace
 
 import nbformat
 import pytest

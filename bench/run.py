@@ -1,0 +1,170 @@
+"""`make bench`: speed and memory targets as ratios against baselines measured in the same run.
+
+Prints a table and writes it to bench/results/bench.md (and .json). Exits 1 if a
+target is missed. ``--quick`` runs tiny sizes (a smoke test of this script, no verdict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))  # bench modules of other notebooks (bench/<name>.py)
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` calls after one warm-up call (timeit's convention)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+# ----------------------------------------------------------------------------- notebooks
+def floor_notebook(name: str, path: Path) -> Path:
+    """The notebook's own import cell and nothing else: kernel start plus the same libraries."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    floor = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(first_code.source)],
+                                     metadata=nb.metadata)
+    nbformat.write(floor, path)
+    return path
+
+
+def papermill_seconds(notebook: Path, out_dir: Path, params: dict | None = None) -> float:
+    import papermill as pm
+
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(notebook), str(out_dir / "out.ipynb"), parameters=params or {},
+                        kernel_name="python3", progress_bar=False, cwd=str(out_dir))
+    return time.perf_counter() - t0
+
+
+def bench_notebook(name: str, repeat: int = 2) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        floor = floor_notebook(name, tmp / "floor.ipynb")
+        real, base = [], []
+        for _ in range(repeat):  # interleaved, so both see the same machine state
+            base.append(papermill_seconds(floor, tmp))
+            real.append(papermill_seconds(ROOT / "notebooks" / f"{name}.ipynb", tmp, {"output_dir": str(tmp / "o")}))
+    return {"name": f"{name}: papermill wall time / floor notebook", "value": min(real) / min(base), "target": 2.0,
+            "detail": f"{min(real):.1f} s vs {min(base):.1f} s (best of {repeat}, defaults)"}
+
+
+# ----------------------------------------------------------------------------- 01 reconciliation
+def eval_log(n: int, ranks: int = 8, batch_size: int = 64, sessions: int = 10, seed: int = 0) -> pd.DataFrame:
+    """An evaluation log as a DDP run writes it: each rank's rows, batch by batch."""
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=n)
+    i = np.arange(n)
+    per_rank = -(-n // ranks)
+    return pd.DataFrame({"y_true": y, "y_pred": 0.6 * y + rng.normal(size=n),
+                         "session": ((i % per_rank) * sessions // per_rank).astype(np.int64),
+                         "rank": (i // per_rank).astype(np.int64), "batch": ((i % per_rank) // batch_size).astype(np.int64)})
+
+
+def bench_reconciliation(n: int) -> dict:
+    from sklearn.metrics import r2_score
+
+    from helpers import regression as reg
+
+    df = eval_log(n)
+    t_ref = best_of(lambda: r2_score(df["y_true"], df["y_pred"]))
+    t_all = best_of(lambda: reg.candidate_table(reg.group_run(df)))
+    n_cand = len(reg.candidate_table(reg.group_run(df)))
+    return {"name": f"01: all {n_cand} candidate computations on {n:.0e} rows / one r2_score", "value": t_all / t_ref,
+            "target": 3.0, "detail": f"{t_all * 1e3:.0f} ms vs {t_ref * 1e3:.0f} ms (best of 3, warm)"}
+
+
+_STREAM_CHILD = """
+import resource, sys, time
+from helpers import regression as reg
+t0 = time.perf_counter()
+run = reg.group_run_streamed(sys.argv[1], chunk_rows=int(sys.argv[2]), progress=False)
+cand = reg.candidate_table(run)
+print(run.n_rows, len(cand), time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_streaming(n: int, chunk: int = 5_000_000) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.parquet"
+        step = min(n, 10_000_000)
+        writer = None
+        for start in range(0, n, step):
+            part = eval_log(min(step, n - start), seed=start)
+            part["batch"] += start // 64  # keep batches distinct across parts
+            table = pa.Table.from_pandas(part, preserve_index=False)
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table, row_group_size=1_000_000)
+        writer.close()
+        size = path.stat().st_size
+        res = subprocess.run([sys.executable, "-c", _STREAM_CHILD, str(path), str(chunk)],
+                             capture_output=True, text=True, check=True)
+    rows, n_cand, seconds, maxrss_kb = res.stdout.split()
+    peak_gb = int(maxrss_kb) / 2**20
+    return {"name": f"01: streamed reconciliation of a {int(rows):.0e}-row parquet, peak RSS (GB)", "value": peak_gb,
+            "target": 1.5, "detail": f"{float(seconds):.0f} s, file {size / 2**30:.1f} GiB, chunks of {chunk:.0e} rows"}
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the bench runs")
+    args = parser.parse_args(argv)
+    from helpers.notebooks import notebook_names
+
+    rows = []
+    for name in notebook_names():
+        if not args.quick:
+            print(f"timing {name} ...", flush=True)
+            rows.append(bench_notebook(name))
+    print("reconciliation ...", flush=True)
+    rows.append(bench_reconciliation(10**5 if args.quick else 10**7))
+    print("streaming ...", flush=True)
+    rows.append(bench_streaming(10**6 if args.quick else 10**8, chunk=10**5 if args.quick else 5_000_000))
+    for module in sorted(p.stem for p in HERE.glob("[a-z]*.py") if p.stem != "run"):
+        print(f"{module} ...", flush=True)
+        mod = __import__(module)
+        rows += mod.run(quick=args.quick) if "quick" in mod.run.__code__.co_varnames else mod.run()
+    table = pd.DataFrame(rows)
+    table["ok"] = table["value"] <= table["target"]
+    text = table.assign(value=table["value"].map("{:.2f}".format)).to_markdown(index=False) \
+        if _has_tabulate() else table.to_string(index=False)
+    print(text)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "bench.md").write_text(text + "\n")
+    (out / "bench.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    print(f"wrote {out / 'bench.md'}")
+    return 0 if args.quick or table["ok"].all() else 1
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
