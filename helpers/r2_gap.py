@@ -7,6 +7,7 @@ files into those measurements and the findings of DESIGN.md.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -65,11 +66,14 @@ def load_reported(param: str, path: str | Path, sessions: list | None) -> dict:
     if not isinstance(per, dict):
         raise InputError(param, "'per_session' must be an object {session: {\"r2\": ..., \"corr\": ...}}", file)
     if per and sessions is not None:
-        known = {str(s) for s in sessions}
+        known = {reg.session_label(s) for s in sessions}
         unknown = [s for s in per if s not in known]
         if unknown:
             raise InputError(param, f"per_session has session {unknown[0]!r} that is not in the predictions "
                                     f"(sessions: {', '.join(sorted(known)[:8])})", file)
+    if per and sessions is None:
+        warnings.warn(f"{param}: {file}: per_session numbers are ignored: the predictions have no 'session' column",
+                      stacklevel=2)
     if per and sessions is not None:
         out["per_session"] = {}
         for s, d in per.items():

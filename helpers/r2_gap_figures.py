@@ -17,7 +17,8 @@ def candidates(d: Diagnosis, session=None) -> plt.Figure:
     """Every candidate computation against the logged numbers (overall, or one session)."""
     cand = d.candidates if session is None else reg.candidate_table(d.run, session)
     rec = d.reconciliation
-    logged = rec[rec["session"].isna()] if session is None else rec[rec["session"].astype(str) == str(session)]
+    logged = (rec[rec["session"].isna()] if session is None
+              else rec[rec["session"].map(reg.session_label) == reg.session_label(session)])
     scopes = list(dict.fromkeys(cand["scope"]))
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(scopes) + 1.8), sharey=True)
     for ax, key, family in ((axes[0], "r2", ("r2", "explained_variance", "pearson_r_squared")),
@@ -84,8 +85,8 @@ def sessions(d: Diagnosis) -> plt.Figure:
     rec = d.reconciliation
     if len(rec):
         logged = rec[rec["session"].notna() & (rec["reported"] == "r2")]
-        pos = {str(s): i for i, s in enumerate(ps["session"])}
-        ax.scatter([pos[str(s)] for s in logged["session"]], logged["value"], marker="_", s=300, color="C3",
+        pos = {reg.session_label(s): i for i, s in enumerate(ps["session"])}
+        ax.scatter([pos[reg.session_label(s)] for s in logged["session"]], logged["value"], marker="_", s=300, color="C3",
                    label="logged per-session r2")
         overall = rec[rec["session"].isna() & (rec["reported"] == "r2")]
         if len(overall):

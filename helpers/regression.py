@@ -374,6 +374,13 @@ REPORTED_METRIC = {"r2": ("r2", "explained_variance", "pearson_r_squared"), "cor
 _ALL_FAMILY = {"r2": METRICS, "corr": METRICS}
 
 
+def session_label(value) -> str:
+    """How a session id is written as a JSON key: 160819 and 160819.0 are both '160819'."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def printed_tolerance(text: str, floor: float) -> float:
     """Half a unit in the last printed decimal of ``text`` (e.g. '0.479' -> 5e-4), at least ``floor``."""
     exp = Decimal(text).as_tuple().exponent
@@ -408,12 +415,12 @@ def reconcile(run: GroupedRun, reported: Mapping, tolerance: float = 1e-4) -> pd
     computation reproduces is never blamed on a bug, and R² is not blamed on
     explained variance when the two coincide. ``n_matches`` shows ambiguity.
     """
-    sessions_by_text = {str(s): s for s in run.sessions}
+    sessions_by_text = {session_label(s): s for s in run.sessions}
     rows, tables = [], {}
     for item in flatten_reported(reported):
         sess = item["session"]
         if sess not in tables:
-            tables[sess] = candidate_table(run, None if sess is None else sessions_by_text[str(sess)])
+            tables[sess] = candidate_table(run, None if sess is None else sessions_by_text[session_label(sess)])
         cand = tables[sess]
         value = float(item["text"])
         tol = printed_tolerance(item["text"], tolerance)

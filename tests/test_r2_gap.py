@@ -151,3 +151,16 @@ def test_repeated_samples():
     assert rep["sample_id"].tolist() == [0, 1, 2, 3] and rep["times"].eq(2).all()
     assert rep["ranks"].tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
     assert g.repeated_samples(pd.DataFrame({"y_true": [1.0]})).empty
+
+
+def test_float_session_ids_match_their_json_keys():
+    table, reported = simulate(R2GapConfig(seed=4))
+    st_int, _ = statuses(table, reported)
+    st_float, d = statuses(table.assign(session=table["session"].astype(float)), reported)
+    assert st_int == st_float and d.reconciliation["explained"].all()
+
+
+def test_per_session_numbers_without_session_column_warn(tmp_path):
+    path = write_reported(tmp_path, {"r2": 0.3, "per_session": {"a": {"r2": 0.1}}})
+    with pytest.warns(UserWarning, match="per_session numbers are ignored"):
+        assert g.load_reported("reported", path, None) == {"r2": "0.3"}
