@@ -1,11 +1,14 @@
 # The training-run diagnostic workbooks. `make` lists the targets.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
+# pip's notes about this machine's extra package indexes, filtered out of set-up output
+QUIET  := { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
 # Make the venv's `python3` kernel win over any user-level kernelspec of that name.
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
@@ -21,8 +24,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
 		|| { echo "error: $(PYTHON) is not Python 3.11 (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | $(QUIET)
+	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | $(QUIET)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (workbooks)" >/dev/null
 	touch $(STAMP)
 

@@ -22,11 +22,11 @@ TARGET = 3.0
 REPEATS = 3
 
 
-def make_embeddings(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_embeddings(seed: int = 0, n: int = N, d: int = D, g: int = G) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    group = rng.integers(0, G, N)
-    x = rng.standard_normal((N, D), dtype=np.float32)
-    x += 0.5 * rng.standard_normal((G, D), dtype=np.float32)[group]
+    group = rng.integers(0, g, n)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x += 0.5 * rng.standard_normal((g, d), dtype=np.float32)[group]
     return x, group
 
 
@@ -37,8 +37,10 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def run() -> list[dict]:
-    x, group = make_embeddings()
+def run(quick: bool = False) -> list[dict]:
+    """The ratio row; ``quick`` uses 10^4 x 32 in 10^2 groups (a smoke test, no verdict)."""
+    n, d, g = (10_000, 32, 100) if quick else (N, D, G)
+    x, group = make_embeddings(n=n, d=d, g=g)
 
     def ours():
         d = rep.decompose(x, group)
@@ -58,7 +60,7 @@ def run() -> list[dict]:
         "name": "02 variance decomposition + RankMe / numpy.cov",
         "value": a / b,
         "target": TARGET,
-        "detail": (f"{N:.0e} x {D} float32 in {G:.0e} groups: decompose+rankme {a:.2f} s, "
+        "detail": (f"{n:.0e} x {d} float32 in {g:.0e} groups: decompose+rankme {a:.2f} s, "
                    f"numpy.cov(float32) {b:.2f} s (best of {REPEATS}); between share {share:.3f}, RankMe {erank:.1f}"),
     }]
 

@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     for module in sorted(p.stem for p in HERE.glob("[a-z]*.py") if p.stem != "run"):
         print(f"{module} ...", flush=True)
         mod = __import__(module)
-        rows += mod.run(quick=args.quick) if "quick" in mod.run.__code__.co_varnames else mod.run()
+        rows += mod.run(quick=args.quick)  # every bench/<module>.py exposes run(quick) -> rows
     table = pd.DataFrame(rows)
     table["ok"] = table["value"] <= table["target"]
     text = table.assign(value=table["value"].map("{:.2f}".format)).to_markdown(index=False) \

@@ -1,0 +1,22 @@
+"""`make bench` runs (tiny sizes, no timing verdict: speed targets live in the bench itself)."""
+
+import sys
+
+from helpers.paths import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+
+import run as bench  # noqa: E402
+
+
+def test_bench_quick_writes_its_table():
+    assert bench.main(["--quick"]) == 0
+    table = (REPO_ROOT / "bench" / "results" / "bench.md").read_text()
+    for row in ("candidate computations", "streamed reconciliation", "variance decomposition"):
+        assert row in table
+
+
+def test_eval_log_is_written_batch_by_batch():
+    log = bench.eval_log(1000, ranks=4, batch_size=10)
+    assert log["rank"].is_monotonic_increasing and log.groupby("rank").size().tolist() == [250] * 4
+    assert log.groupby(["rank", "batch"]).size().max() == 10
