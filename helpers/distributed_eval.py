@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from .regression import STAT_COLUMNS, metrics_from_sums
+from .training import FastAdam
 
 
 def _preload() -> None:
@@ -152,10 +153,10 @@ def evaluate(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, world_size: i
 
 
 def fit_small_model(x: np.ndarray, y: np.ndarray, seed: int = 0, steps: int = 300, hidden: int = 16) -> torch.nn.Module:
-    """A small MLP fitted full-batch with Adam (deterministic for a given seed)."""
+    """A small MLP fitted full-batch with Adam (torch's update, see FastAdam; deterministic per seed)."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    opt = FastAdam(model.parameters(), lr=0.02)
     xt, yt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.float32).ravel())
     for _ in range(steps):
         opt.zero_grad()

@@ -33,3 +33,13 @@ def save(fig: plt.Figure, output_dir: str | Path, name: str) -> Path:
     path = out / f"{name}.png"
     fig.savefig(path, metadata={"Software": None})
     return path
+
+
+def show(fig: plt.Figure, output_dir: str | Path, name: str) -> Path:
+    """Save ``fig``, close it, and display the saved PNG: one render instead of two."""
+    from IPython.display import Image, display
+
+    path = save(fig, output_dir, name)
+    plt.close(fig)
+    display(Image(filename=str(path)))
+    return path

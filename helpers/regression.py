@@ -200,7 +200,8 @@ def group_run(df: pd.DataFrame, center: float | None = None) -> GroupedRun:
         levels[k] = u
     inv, unravel = _group_codes(code_arrays, [len(levels[k]) for k in KEY_COLUMNS])
     y, p = df["y_true"].to_numpy(), df["y_pred"].to_numpy()
-    c = float(np.mean(y)) if center is None else center
+    # any constant near the mean conditions the sums; the first rows' mean saves a pass
+    c = float(np.mean(y[:4096])) if center is None else center
     if by_runs:
         per_run = suff_stats(y, p, center=c, starts=starts)
         stats = pd.DataFrame({k: np.bincount(inv, per_run[k].to_numpy(), len(unravel[0])) for k in STAT_COLUMNS})
@@ -217,7 +218,7 @@ def _group_codes(code_arrays: list[np.ndarray], sizes: list[int]) -> tuple[np.nd
     if np.prod(sizes, dtype=float) < 2**62:
         key = np.ravel_multi_index(code_arrays, sizes)
         dense = int(np.prod(sizes, dtype=float))
-        if dense <= max(4 * n, 1_000_000):  # compact the dense key to the groups present
+        if dense <= max(4 * n, 1 << 22):  # compact the dense key to the groups present (bincount, no sort)
             present = np.flatnonzero(np.bincount(key, minlength=dense))
             remap = np.empty(dense, dtype=np.int64)
             remap[present] = np.arange(len(present))
@@ -231,28 +232,44 @@ def _group_codes(code_arrays: list[np.ndarray], sizes: list[int]) -> tuple[np.nd
 
 
 def group_run_streamed(path, chunk_rows: int = 2_000_000, progress: bool = True) -> GroupedRun:
-    """:func:`group_run` on a parquet file too large for memory, read in row batches.
+    """:func:`group_run` on a parquet file too large for memory, read piece by piece.
 
-    The statistics of all chunks share one centre (the first chunk's target
-    mean) so that they add exactly. Duplicates by ``sample_id`` are not tracked
-    across chunks; a streamed run reports none.
+    Pieces are the file's row groups (a row group larger than ``chunk_rows`` is
+    read in batches of that size), so memory stays bounded by one piece; the
+    partial statistics are merged as they come. All pieces share one centre
+    (the first piece's target mean) so that their sums add exactly. Duplicates
+    by ``sample_id`` are not tracked across pieces: a streamed run reports none.
     """
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
     pf = pq.ParquetFile(path)
     wanted = [c for c in ("y_true", "y_pred", "session", "rank", "batch", "channel") if c in pf.schema_arrow.names]
-    parts, center, n_rows, has = [], None, 0, None
-    for batch in tqdm(pf.iter_batches(batch_size=chunk_rows, columns=wanted),
-                      total=-(-pf.metadata.num_rows // chunk_rows), disable=not progress, desc="chunks"):
-        chunk = batch.to_pandas()
-        if center is None:
-            center = float(chunk["y_true"].mean())
-        g = group_run(chunk, center)
-        parts.append(g.stats)
-        n_rows += g.n_rows
-        has = g.has
-    stats = pooled(pd.concat(parts, ignore_index=True), list(KEY_COLUMNS))
+
+    def pieces():
+        for i in range(pf.num_row_groups):
+            if pf.metadata.row_group(i).num_rows <= chunk_rows:
+                yield pf.read_row_group(i, columns=wanted)
+            else:
+                yield from pf.iter_batches(batch_size=chunk_rows, row_groups=[i], columns=wanted)
+
+    keys = list(KEY_COLUMNS)
+    total, parts, center, n_rows, has = None, [], None, 0, None
+    with tqdm(total=pf.metadata.num_rows, unit="row", unit_scale=True, disable=not progress, desc="rows") as bar:
+        for piece in pieces():
+            chunk = piece.to_pandas()
+            del piece
+            if center is None:
+                center = float(chunk["y_true"].mean())
+            g = group_run(chunk, center)
+            parts.append(g.stats)
+            n_rows, has = n_rows + g.n_rows, g.has
+            bar.update(g.n_rows)
+            del chunk, g
+            if len(parts) >= 16:  # merge as we go: memory bounded by the groups, not the pieces
+                total = pooled(pd.concat(([total] if total is not None else []) + parts, ignore_index=True), keys)
+                parts = []
+    stats = pooled(pd.concat(([total] if total is not None else []) + parts, ignore_index=True), keys)
     return GroupedRun(stats, has, n_rows, 0, center)
 
 

@@ -10,6 +10,7 @@ from helpers import encoder_variance as ev
 from helpers.io import InputError
 from helpers.paths import DATA_SAMPLES, REPO_ROOT
 from helpers.simulate import encoder_variance as sim
+from helpers.training import FastAdam
 
 NAME = ev.NOTEBOOK
 SEED = 7  # not the sample's seed (0)
@@ -245,7 +246,7 @@ def test_functional_adam_matches_torch_optim_adam():
     torch.manual_seed(0)
     a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     b.load_state_dict(a.state_dict())
-    ours, ref = sim.FunctionalAdam(a.parameters(), lr=0.01), torch.optim.Adam(b.parameters(), lr=0.01)
+    ours, ref = FastAdam(a.parameters(), lr=0.01), torch.optim.Adam(b.parameters(), lr=0.01)
     x = torch.randn(16, 4)
     for _ in range(5):
         for model, opt in ((a, ours), (b, ref)):

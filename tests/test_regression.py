@@ -144,10 +144,11 @@ def test_bootstrap_is_seeded():
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_streamed_equals_in_memory(tmp_path):
+@pytest.mark.parametrize("row_group_size", [100, 400])  # pieces: whole row groups, or batches of one
+def test_streamed_equals_in_memory(tmp_path, row_group_size):
     df = long_table(n=500)
     path = tmp_path / "p.parquet"
-    df.drop(columns="sample_id").to_parquet(path, row_group_size=100)
+    df.drop(columns="sample_id").to_parquet(path, row_group_size=row_group_size)
     streamed = reg.group_run_streamed(path, chunk_rows=123, progress=False)
     whole = reg.group_run(df.drop(columns="sample_id"))
     a, b = reg.candidate_table(streamed), reg.candidate_table(whole)

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.adam import adam
+
+from ..training import FastAdam
 
 
 @dataclass(frozen=True)
@@ -131,29 +132,6 @@ class TaskEncoder(nn.Module):
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
 
-class FunctionalAdam:
-    """torch.optim.Adam's update (``torch.optim.adam.adam``, the single-tensor path it takes on
-    CPU), same numbers, without building a ``torch.optim.Optimizer``: its first use imports
-    ``torch._dynamo``, about a second of the notebook's run time."""
-
-    def __init__(self, params, lr: float):
-        self.params = list(params)
-        self.lr = lr
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.tensor(0.0) for _ in self.params]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        adam(self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [], self.steps,
-             foreach=False, amsgrad=False, beta1=0.9, beta2=0.999, lr=self.lr, weight_decay=0.0,
-             eps=1e-8, maximize=False)
-
-
 class Decoder(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -173,7 +151,7 @@ def train_encoder(kl_weight: float, variational: bool = True, cfg: EncoderConfig
     with deterministic_torch(seed):
         g = torch.Generator().manual_seed(seed + 1)
         enc, dec = TaskEncoder(cfg, variational), Decoder(cfg)
-        opt = FunctionalAdam([*enc.parameters(), *dec.parameters()], lr=cfg.lr)
+        opt = FastAdam([*enc.parameters(), *dec.parameters()], lr=cfg.lr)
         enc.train()
         for _ in range(cfg.steps):
             theta = task.puzzles(cfg.batch, g)
