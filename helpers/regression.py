@@ -241,7 +241,7 @@ def group_run_streamed(path, chunk_rows: int = 2_000_000, progress: bool = True)
     by ``sample_id`` are not tracked across pieces: a streamed run reports none.
     """
     import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     pf = pq.ParquetFile(path)
     wanted = [c for c in ("y_true", "y_pred", "session", "rank", "batch", "channel") if c in pf.schema_arrow.names]
@@ -530,7 +530,7 @@ def bootstrap_r2(df: pd.DataFrame, by: str = "session", n_boot: int = 1000, seed
     replacement within each group; each replicate's R² comes from weighted
     sufficient statistics, so no replicate re-reads the rows.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     rng = np.random.default_rng(seed)
     unit = "sample_id" if "sample_id" in df.columns else None

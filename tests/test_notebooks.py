@@ -108,3 +108,18 @@ def test_01_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, params, exp
     executed = nbformat.read(tmp_path / "out" / "01_r2_gap.ipynb", as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert len(errors) == 1 and len(errors[0].traceback) == 1  # no traceback soup
+
+
+def test_make_run_names_the_failing_notebook_and_cell(monkeypatch, capsys):
+    import helpers.notebooks as nbs
+
+    def fake_execute(name, **kwargs):
+        if name == "02_encoder_variance":
+            raise NotebookFailed(name, 7, "InputError", "InputError: embeddings: x.npz: file not found")
+        return {"findings": {"a": {"status": "detected"}}}
+
+    monkeypatch.setattr(nbs, "execute", fake_execute)
+    assert nbs.run_all(["01_r2_gap", "02_encoder_variance"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED 02_encoder_variance: cell 7 failed: InputError: embeddings: x.npz: file not found" in err
+    assert "1 notebook(s) failed: 02_encoder_variance" in err
