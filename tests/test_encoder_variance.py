@@ -10,7 +10,6 @@ from helpers import encoder_variance as ev
 from helpers.io import InputError
 from helpers.paths import DATA_SAMPLES, REPO_ROOT
 from helpers.simulate import encoder_variance as sim
-from helpers.training import FastAdam
 
 NAME = ev.NOTEBOOK
 SEED = 7  # not the sample's seed (0)
@@ -238,20 +237,3 @@ def test_notebook_bad_inputs(tmp_path, elsewhere):
     assert "embeddings" in line and "no_z.npz" in line and "missing required array 'z'" in line
     line = failure_line({"seed": "zero", "run_demos": False}, tmp_path / "o3", elsewhere)
     assert line.startswith("InputError: seed: expected an integer")
-
-
-def test_functional_adam_matches_torch_optim_adam():
-    import torch
-
-    torch.manual_seed(0)
-    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
-    b.load_state_dict(a.state_dict())
-    ours, ref = FastAdam(a.parameters(), lr=0.01), torch.optim.Adam(b.parameters(), lr=0.01)
-    x = torch.randn(16, 4)
-    for _ in range(5):
-        for model, opt in ((a, ours), (b, ref)):
-            opt.zero_grad()
-            (model(x) ** 2).mean().backward()
-            opt.step()
-    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
-    assert not torch.equal(a.weight, torch.nn.Linear(4, 3).weight)
