@@ -91,10 +91,6 @@ def verdict_table(findings) -> pd.DataFrame:
     return df.sort_values(["_s", "_v"], kind="stable").drop(columns=["_s", "_v"]).reset_index(drop=True)
 
 
-def load_summary(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
-
-
 def jsonable(obj: Any, digits: int = 10) -> Any:
     """Plain JSON types: numpy scalars and arrays unwrapped, floats rounded, NaN/inf as None.
 

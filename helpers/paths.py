@@ -11,11 +11,6 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 REPORTS = REPO_ROOT / "reports"
 
 
-def sample_dir(notebook: str) -> Path:
-    """The sample run a notebook diagnoses by default."""
-    return DATA_SAMPLES / notebook
-
-
 def output_dir_for(notebook: str, output_dir: str | Path = "") -> Path:
     """Where a notebook writes summary.json and figures; created if missing.
 

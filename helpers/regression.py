@@ -293,24 +293,6 @@ def channel_r2(s0, s1, s2, sse, multioutput: str = "flat"):
     raise ValueError(f"multioutput must be flat, uniform or variance_weighted, got {multioutput!r}")
 
 
-def _multioutput(per_channel: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Metric values under each multi-output convention, from per-channel sums."""
-    out = {}
-    flat = metrics_from_sums(per_channel[list(STAT_COLUMNS)].sum().to_dict())
-    out["flat"] = {m: float(flat[m]) for m in METRICS}
-    if len(per_channel) > 1:
-        ch = metrics_from_sums({k: per_channel[k].to_numpy() for k in STAT_COLUMNS})
-        w = ch["ss_tot"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out["uniform"] = {m: float(np.mean(ch[m])) for m in METRICS}
-            out["variance_weighted"] = {
-                "r2": float(1 - ch["sse"].sum() / w.sum()),
-                "explained_variance": float(np.sum(w * ch["explained_variance"]) / w.sum()),
-                "pearson_r": np.nan, "pearson_r_squared": np.nan,
-            }
-    return out
-
-
 def _metric_columns(per_channel: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per ``by`` group: every (multioutput, metric) value, from per-(group, channel) sums (vectorised).
 
@@ -492,21 +474,24 @@ def variance_decomposition(run: GroupedRun, by: str | list[str], multioutput: st
 
 def per_group_metrics(run: GroupedRun, by: str | list[str] = "session", multioutput: str = "flat",
                       dedup: bool = True) -> pd.DataFrame:
-    """R², explained variance, Pearson r and r², count and target variance per group."""
+    """R², explained variance, Pearson r and r², count and target variance per group.
+
+    R² and explained variance follow ``multioutput``; Pearson r has no
+    variance-weighted form, so it is flat, or the channels' mean otherwise.
+    """
+    by = [by] if isinstance(by, str) else list(by)
     st = run.stats[run.stats["dup"] == 0] if dedup else run.stats
-    rows = []
-    for g, sub in st.groupby(by, sort=True):
-        tot = metrics_from_sums(sub[list(STAT_COLUMNS)].sum().to_dict())
-        vals = _multioutput(pooled(sub, ["channel"]))
-        mo = multioutput if multioutput in vals else "flat"
-        flat_or_uniform = "flat" if multioutput == "flat" or "uniform" not in vals else "uniform"
-        keys = dict(zip(by, g, strict=True)) if isinstance(by, list) else {by: g}
-        rows.append({**keys, "n": int(sub["n"].sum()), "target_variance": float(tot["ss_tot"] / tot["n"]),
-                     "r2": vals[mo]["r2"],
-                     "explained_variance": vals[mo]["explained_variance"],
-                     "pearson_r": vals[flat_or_uniform]["pearson_r"],
-                     "pearson_r_squared": vals[flat_or_uniform]["pearson_r_squared"]})
-    return pd.DataFrame(rows)
+    values, out = _metric_columns(pooled(st, [*by, "channel"]), by)
+    totals = metrics_from_sums(pooled(st, by))
+    mo = multioutput if (multioutput, "r2") in values.columns else "flat"
+    r_mo = "uniform" if multioutput != "flat" and ("uniform", "pearson_r") in values.columns else "flat"
+    out["n"] = totals["n"].astype(int)
+    out["target_variance"] = totals["ss_tot"] / totals["n"]
+    for m in ("r2", "explained_variance"):
+        out[m] = values[(mo, m)].to_numpy()
+    for m in ("pearson_r", "pearson_r_squared"):
+        out[m] = values[(r_mo, m)].to_numpy()
+    return out
 
 
 def session_anova(df: pd.DataFrame) -> tuple[float, float]:

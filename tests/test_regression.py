@@ -172,3 +172,19 @@ def test_reconcile_prefers_correct_computation_when_it_fits():
     assert not rec["is_correct"].iloc[0] and rec["scope"].iloc[0] == "rank 0"
     rec = reg.reconcile(run, {"r2": "0.99999"})
     assert not rec["explained"].iloc[0]
+
+
+@pytest.mark.parametrize("multioutput, sk", [("flat", None), ("uniform", "uniform_average"),
+                                             ("variance_weighted", "variance_weighted")])
+def test_per_session_metrics_match_sklearn(multioutput, sk):
+    df = long_table(n=90)
+    got = reg.per_group_metrics(reg.group_run(df), "session", multioutput).set_index("session")
+    for s, g in df.groupby("session"):
+        Y = g.pivot(index="sample_id", columns="channel", values="y_true").to_numpy()
+        P = g.pivot(index="sample_id", columns="channel", values="y_pred").to_numpy()
+        want = r2_score(Y.ravel(), P.ravel()) if sk is None else r2_score(Y, P, multioutput=sk)
+        assert got.loc[s, "r2"] == pytest.approx(want, abs=1e-12)
+        r = [sps.pearsonr(Y[:, c], P[:, c]).statistic for c in range(Y.shape[1])]
+        want_r = sps.pearsonr(Y.ravel(), P.ravel()).statistic if sk is None else np.mean(r)
+        assert got.loc[s, "pearson_r"] == pytest.approx(want_r, abs=1e-12)
+        assert got.loc[s, "n"] == g.shape[0] and got.loc[s, "target_variance"] == pytest.approx(np.var(Y.ravel()))
