@@ -115,7 +115,8 @@ def diagnose(table: pd.DataFrame, reported: Mapping | None = None, tolerance: fl
                   reg.reconcile(run, reported, tolerance) if reported else pd.DataFrame())
     if run.has["session"]:
         d.per_session = reg.per_group_metrics(run, "session", multioutput)
-        d.intervals = reg.bootstrap_r2(table, "session", n_boot=n_boot, seed=seed, multioutput=multioutput)
+        d.intervals = reg.bootstrap_r2(table, "session", n_boot=n_boot, seed=seed, multioutput=multioutput,
+                                       progress=len(table) > 1_000_000)
         d.sessions = reg.variance_decomposition(run, "session", multioutput)
         d.anova = reg.session_anova(table)
     if run.has["batch"]:

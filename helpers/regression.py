@@ -537,8 +537,9 @@ def bootstrap_r2(df: pd.DataFrame, by: str = "session", n_boot: int = 1000, seed
         base = np.stack([np.bincount(cell, w, m) for w in (np.ones_like(yc), yc, yc * yc, e * e)])
         base = base.reshape(4, len(units), n_ch)
         est = []
-        for start in range(0, n_boot, 256):
-            b = min(256, n_boot - start)
+        step = max(1, min(256, 20_000_000 // len(units)))  # replicate weights: at most ~160 MB at a time
+        for start in range(0, n_boot, step):
+            b = min(step, n_boot - start)
             w = rng.multinomial(len(units), np.full(len(units), 1 / len(units)), size=b).astype(float)
             s = np.einsum("bu,kuc->kbc", w, base)  # (4, b, channel)
             est.append(channel_r2(s[0], s[1], s[2], s[3], multioutput))
