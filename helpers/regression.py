@@ -11,7 +11,9 @@ sums, all-reduced, are the exact distributed fix.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -68,23 +70,18 @@ def suff_stats(y_true, y_pred, codes=None, n_groups: int | None = None, center: 
     y = np.asarray(y_true, dtype=float).ravel()
     p = np.asarray(y_pred, dtype=float).ravel()
     c = float(np.mean(y)) if center is None else center
-    yc = np.subtract(y, c)
-    e = np.subtract(y, p)
-    if codes is None and starts is None:
+    if starts is not None:
+        return _run_sums(y, p, c, np.asarray(starts))
+    yc, e = np.subtract(y, c), np.subtract(y, p)
+    if codes is None:
         sums = [len(y), yc.sum(), yc @ yc, e.sum(), e @ e, yc @ e]
         return pd.DataFrame([sums], columns=list(STAT_COLUMNS))
-    if starts is not None:
-        reduce = lambda w: np.add.reduceat(w, starts)  # noqa: E731
-        counts = np.diff(np.append(starts, len(y))).astype(float)
-    else:
-        codes = np.asarray(codes)
-        m = int(codes.max()) + 1 if n_groups is None else n_groups
-        reduce = lambda w: np.bincount(codes, w, m)  # noqa: E731
-        counts = np.bincount(codes, minlength=m).astype(float)
-    cols = {"n": counts, "sy": reduce(yc), "se": reduce(e)}
-    cols["sye"] = reduce(yc * e)
-    cols["syy"] = reduce(np.multiply(yc, yc, out=yc))
-    cols["see"] = reduce(np.multiply(e, e, out=e))
+    codes = np.asarray(codes)
+    m = int(codes.max()) + 1 if n_groups is None else n_groups
+    cols = {"n": np.bincount(codes, minlength=m).astype(float), "sy": np.bincount(codes, yc, m),
+            "se": np.bincount(codes, e, m), "sye": np.bincount(codes, yc * e, m),
+            "syy": np.bincount(codes, np.multiply(yc, yc, out=yc), m),
+            "see": np.bincount(codes, np.multiply(e, e, out=e), m)}
     return pd.DataFrame({k: cols[k] for k in STAT_COLUMNS})
 
 
@@ -94,6 +91,31 @@ def _group_index(frame: pd.DataFrame, by: list[str]) -> tuple[np.ndarray, pd.Dat
     inv, unravel = _group_codes([c for c, _ in pairs], [len(u) for _, u in pairs])
     keys = pd.DataFrame({k: u[c] for k, (_, u), c in zip(by, pairs, unravel, strict=True)})
     return inv, keys
+
+
+def _run_sums(y: np.ndarray, p: np.ndarray, c: float, starts: np.ndarray) -> pd.DataFrame:
+    """Sufficient statistics of each run of rows; large inputs are split across cores at run
+    boundaries (numpy's loops release the GIL, so threads run them in parallel)."""
+    workers = min(4, os.cpu_count() or 1) if len(y) >= 2_000_000 and len(starts) >= 8 else 1
+    if workers == 1:
+        return suff_stats_of_runs(y, p, c, starts)
+    cuts = [len(starts) * i // workers for i in range(workers + 1)]
+    bounds = [*starts[cuts[:-1]], len(y)]
+    with ThreadPoolExecutor(workers) as pool:
+        parts = pool.map(lambda i: suff_stats_of_runs(y[bounds[i]:bounds[i + 1]], p[bounds[i]:bounds[i + 1]], c,
+                                                      starts[cuts[i]:cuts[i + 1]] - bounds[i]), range(workers))
+        return pd.concat(list(parts), ignore_index=True)
+
+
+def suff_stats_of_runs(y: np.ndarray, p: np.ndarray, c: float, starts: np.ndarray) -> pd.DataFrame:
+    """Sufficient statistics of each run of consecutive rows (``starts``: first row of each run)."""
+    yc, e = np.subtract(y, c), np.subtract(y, p)
+    cols = {"n": np.diff(np.append(starts, len(y))).astype(float),
+            "sy": np.add.reduceat(yc, starts), "se": np.add.reduceat(e, starts),
+            "sye": np.add.reduceat(yc * e, starts),
+            "syy": np.add.reduceat(np.multiply(yc, yc, out=yc), starts),
+            "see": np.add.reduceat(np.multiply(e, e, out=e), starts)}
+    return pd.DataFrame({k: cols[k] for k in STAT_COLUMNS})
 
 
 def pooled(stats: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:

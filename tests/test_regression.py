@@ -188,3 +188,14 @@ def test_per_session_metrics_match_sklearn(multioutput, sk):
         want_r = sps.pearsonr(Y.ravel(), P.ravel()).statistic if sk is None else np.mean(r)
         assert got.loc[s, "pearson_r"] == pytest.approx(want_r, abs=1e-12)
         assert got.loc[s, "n"] == g.shape[0] and got.loc[s, "target_variance"] == pytest.approx(np.var(Y.ravel()))
+
+
+def test_threaded_run_sums_equal_single_pass():
+    rng = np.random.default_rng(0)
+    n = 2_100_000  # above the threshold where runs are split across cores
+    y, p = rng.normal(size=n), rng.normal(size=n)
+    starts = np.concatenate([[0], np.sort(rng.choice(np.arange(1, n), 5000, replace=False))])
+    threaded = reg._run_sums(y, p, 0.1, starts)
+    single = reg.suff_stats_of_runs(y, p, 0.1, starts)
+    np.testing.assert_allclose(threaded.to_numpy(), single.to_numpy(), rtol=1e-12, atol=1e-9)
+    assert len(threaded) == len(starts) and threaded["n"].sum() == n
