@@ -54,7 +54,7 @@ def papermill_seconds(notebook: Path, out_dir: Path, params: dict | None = None)
     return time.perf_counter() - t0
 
 
-def bench_notebook(name: str, repeat: int = 2) -> dict:
+def bench_notebook(name: str, repeat: int = 3) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         floor = floor_notebook(name, tmp / "floor.ipynb")
