@@ -128,8 +128,8 @@ def diagnose(table: pd.DataFrame, reported: Mapping | None = None, tolerance: fl
             "n_rows": run.n_rows, "n_duplicate_rows": run.n_duplicate_rows,
             "n_unique_rows": run.n_rows - run.n_duplicate_rows,
             "r2_with_duplicates": pick(with_dups, "r2"), "r2_without_duplicates": pick(d.candidates, "r2"),
-            "ranks_with_duplicates": sorted(run.stats.loc[run.stats["dup"] == 1, "rank"].unique().tolist())
-            if run.has["rank"] else [],
+            # which copy is "the repeat" depends on row order; the ranks that hold a repeated sample do not
+            "ranks_with_repeated_samples": _ranks_with_repeats(table) if run.has["rank"] else [],
         }
     return d
 
@@ -199,7 +199,7 @@ def _padding_finding(d: Diagnosis) -> Finding:
         return Finding(fid, "not_detected", "info", f"Every sample was evaluated once ({p['n_rows']} rows).", p)
     effect = p["r2_with_duplicates"] - p["r2_without_duplicates"]
     sev = "warning" if abs(effect) >= PADDING_EFFECT else "info"
-    ranks = f" on ranks {p['ranks_with_duplicates']}" if p["ranks_with_duplicates"] else ""
+    ranks = f" (held by ranks {p['ranks_with_repeated_samples']})" if p["ranks_with_repeated_samples"] else ""
     msg = (f"{p['n_duplicate_rows']} of {p['n_rows']} rows repeat an already evaluated sample{ranks} "
            f"(DistributedSampler padding); pooled R² {p['r2_with_duplicates']:.4f} with them vs "
            f"{p['r2_without_duplicates']:.4f} without: drop repeats by sample id before reducing.")
@@ -283,6 +283,11 @@ def load_inputs(params: Mapping) -> tuple[dict, pd.DataFrame, dict]:
     sessions = sorted(table["session"].unique().tolist(), key=str) if "session" in table.columns else None
     reported = load_reported("reported", p["reported"], sessions) if p["reported"].strip() else {}
     return p, table, reported
+
+
+def _ranks_with_repeats(table: pd.DataFrame) -> list:
+    key = ["sample_id", "channel"] if "channel" in table.columns else ["sample_id"]
+    return sorted(table.loc[table.duplicated(key, keep=False), "rank"].unique().tolist())
 
 
 def repeated_samples(table: pd.DataFrame) -> pd.DataFrame:

@@ -164,3 +164,12 @@ def test_per_session_numbers_without_session_column_warn(tmp_path):
     path = write_reported(tmp_path, {"r2": 0.3, "per_session": {"a": {"r2": 0.1}}})
     with pytest.warns(UserWarning, match="per_session numbers are ignored"):
         assert g.load_reported("reported", path, None) == {"r2": "0.3"}
+
+
+def test_padding_ranks_do_not_depend_on_row_order():
+    table, reported = simulate(R2GapConfig(seed=6, world_size=6, samples_per_session=61, sessions=(1, 2, 3, 4)))
+    _, d = statuses(table, reported)
+    _, shuffled = statuses(table.sample(frac=1, random_state=0), reported)
+    # 244 samples on 6 ranks: samples 0 and 1 are padded onto ranks 4 and 5
+    assert d.padding["ranks_with_repeated_samples"] == shuffled.padding["ranks_with_repeated_samples"] == [0, 1, 4, 5]
+    assert d.padding["r2_without_duplicates"] == pytest.approx(shuffled.padding["r2_without_duplicates"], abs=1e-12)
