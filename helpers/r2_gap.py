@@ -242,6 +242,29 @@ def _unexplained_finding(d: Diagnosis) -> Finding:
                    "predictions: were they logged on other data (another epoch, split or checkpoint)?", ev)
 
 
+def gap_account(d: Diagnosis) -> pd.DataFrame:
+    """The logged R² against the per-session view, split into its two causes.
+
+    ``computation`` = logged - correct pooled R² (what the buggy computation adds);
+    ``between sessions`` = pooled - within-session R² (real: session means differ).
+    Rows whose inputs are missing (no logged r2, no session column) are left out.
+    """
+    pooled_r2 = d.sessions["r2_pooled"] if d.sessions is not None else float(d.headline["r2"])
+    rows = []
+    if "r2" in d.reported:
+        rows.append(("logged overall r2", float(d.reported["r2"]), ""))
+    rows.append(("pooled R², computed correctly", pooled_r2, ""))
+    if d.sessions is not None:
+        rows.append(("within-session R² (sum-of-squares weighted)", d.sessions["r2_within"], ""))
+        rows.append(("mean of per-session R² (unweighted)", float(np.nanmean(d.per_session["r2"])), ""))
+    if "r2" in d.reported:
+        rows.append(("gap from the computation (logged - pooled)", float(d.reported["r2"]) - pooled_r2, "bug"))
+    if d.sessions is not None:
+        rows.append(("gap from between-session variance (pooled - within)", pooled_r2 - d.sessions["r2_within"],
+                     "real"))
+    return pd.DataFrame(rows, columns=["quantity", "R²", "kind"])
+
+
 def headline_metrics(d: Diagnosis) -> dict:
     h = d.headline
     m = {"n_rows": d.run.n_rows, "pooled_r2": h.get("r2"), "pooled_explained_variance": h.get("explained_variance"),
@@ -255,6 +278,9 @@ def headline_metrics(d: Diagnosis) -> dict:
         m["mean_per_session_r2"] = float(np.nanmean(d.per_session["r2"]))
     if d.padding:
         m["n_duplicate_rows"] = d.padding["n_duplicate_rows"]
+    gaps = gap_account(d).set_index("quantity")["R²"]
+    m["gap_from_computation"] = gaps.get("gap from the computation (logged - pooled)")
+    m["gap_from_between_sessions"] = gaps.get("gap from between-session variance (pooled - within)")
     return m
 
 

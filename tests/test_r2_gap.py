@@ -173,3 +173,20 @@ def test_padding_ranks_do_not_depend_on_row_order():
     # 244 samples on 6 ranks: samples 0 and 1 are padded onto ranks 4 and 5
     assert d.padding["ranks_with_repeated_samples"] == shuffled.padding["ranks_with_repeated_samples"] == [0, 1, 4, 5]
     assert d.padding["r2_without_duplicates"] == pytest.approx(shuffled.padding["r2_without_duplicates"], abs=1e-12)
+
+
+def test_gap_account_splits_the_sample_gap():
+    table, reported = simulate(R2GapConfig())
+    d = g.diagnose(table, reported, n_boot=100)
+    gaps = g.gap_account(d).set_index("quantity")["R²"]
+    pooled = r2_score(table.drop_duplicates(["sample_id", "channel"]).y_true,
+                      table.drop_duplicates(["sample_id", "channel"]).y_pred)
+    assert gaps["pooled R², computed correctly"] == pytest.approx(pooled, abs=1e-12)
+    assert gaps["gap from the computation (logged - pooled)"] == pytest.approx(0.487 - pooled, abs=1e-12)
+    real = gaps["gap from between-session variance (pooled - within)"]
+    assert real == pytest.approx(pooled - d.sessions["r2_within"], abs=1e-12) and real > g.MIN_SESSION_GAP
+    m = g.headline_metrics(d)
+    assert m["gap_from_computation"] == pytest.approx(0.487 - pooled) and m["gap_from_between_sessions"] == pytest.approx(real)
+    # without a logged number or sessions, only what can be computed is listed
+    bare = g.gap_account(g.diagnose(table[["y_true", "y_pred"]], {}))
+    assert bare["quantity"].tolist() == ["pooled R², computed correctly"]
