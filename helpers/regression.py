@@ -391,8 +391,6 @@ def candidate_table(run: GroupedRun, session=None) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- reconciliation
-REPORTED_METRIC = {"r2": ("r2", "explained_variance", "pearson_r_squared"), "corr": ("pearson_r",)}
-_ALL_FAMILY = {"r2": METRICS, "corr": METRICS}
 
 
 def session_label(value) -> str:
