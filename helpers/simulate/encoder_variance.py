@@ -31,6 +31,8 @@ from torch import nn
 
 from ..training import FastAdam
 
+NOTEBOOK = "02_encoder_variance"
+
 
 @dataclass(frozen=True)
 class EncoderConfig:

@@ -20,6 +20,8 @@ from scipy import stats as sps
 from sklearn.metrics import explained_variance_score, r2_score
 from torch.utils.data import DistributedSampler
 
+NOTEBOOK = "01_r2_gap"
+
 
 @dataclass
 class R2GapConfig:
