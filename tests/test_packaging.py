@@ -40,3 +40,15 @@ def test_makefile_has_the_documented_targets():
     for target in ("help", "setup", "run", "test", "lab", "data", "bench", "student", "clean"):
         assert re.search(rf"^{target}:", text, re.M), target
     assert ".DEFAULT_GOAL := help" in text
+
+
+def test_user_docs_stand_alone_and_cover_every_notebook():
+    from helpers.notebooks import notebook_names
+
+    texts = [(REPO_ROOT / "README.md").read_text()] + [p.read_text() for p in (REPO_ROOT / "docs").glob("*.md")]
+    for text in texts:
+        assert "../shared" not in text and "DESIGN.md" not in text
+    index = (REPO_ROOT / "docs" / "README.md").read_text()
+    for name in notebook_names():
+        assert (REPO_ROOT / "docs" / f"{name}.md").is_file(), name
+        assert f"({name}.md)" in index, name
