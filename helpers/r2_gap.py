@@ -34,9 +34,16 @@ PADDING_EFFECT = 1e-3
 def load_predictions(param: str, path: str | Path) -> pd.DataFrame:
     """The predictions table, schema-checked (see DESIGN: 01 input contract)."""
     df = load_table(param, path, REQUIRED, OPTIONAL)
+    file = resolve_path(param, path)
     for col in ("rank", "batch"):
         if col in df.columns and (df[col] < 0).any():
-            raise InputError(param, f"column '{col}' must be >= 0", resolve_path(param, path))
+            raise InputError(param, f"column '{col}' must be >= 0", file)
+    if len(df) < 2:
+        raise InputError(param, f"has {len(df)} row: R² compares errors with the spread of y_true, which needs at "
+                                "least 2 rows", file)
+    if df["y_true"].nunique() == 1:
+        raise InputError(param, f"column 'y_true' is constant ({float(df['y_true'].iloc[0]):g} in every row): R² = "
+                                "1 - SSE/SST is undefined when SST = 0", file)
     return df
 
 

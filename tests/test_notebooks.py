@@ -90,6 +90,10 @@ def _bad_files(d):
     t.loc[5, "y_true"] = float("nan")
     t.to_parquet(d / "nan.parquet")
     (d / "bad.json").write_text('{"r2": 0.5, "per_session": {"999": {"r2": 0.1}}}')
+    t = table.copy()
+    t["y_true"] = 2.5
+    t.to_parquet(d / "constant.parquet")
+    table.iloc[:1].to_parquet(d / "one_row.parquet")
 
 
 @pytest.mark.parametrize("params, expected", [
@@ -98,6 +102,8 @@ def _bad_files(d):
     ({"predictions": "nan.parquet"}, ["predictions: ", "nan.parquet", "column 'y_true' has 1 NaN/inf values"]),
     ({"reported": "bad.json"}, ["reported: ", "bad.json", "per_session has session '999'"]),
     ({"tolerance": "tight"}, ["tolerance: expected a number, got 'tight'"]),
+    ({"predictions": "constant.parquet"}, ["predictions: ", "constant.parquet", "column 'y_true' is constant (2.5"]),
+    ({"predictions": "one_row.parquet"}, ["predictions: ", "one_row.parquet", "has 1 row"]),
 ])
 def test_01_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, params, expected):
     _bad_files(elsewhere)
@@ -108,6 +114,24 @@ def test_01_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, params, exp
     executed = nbformat.read(tmp_path / "out" / "01_r2_gap.ipynb", as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert len(errors) == 1 and len(errors[0].traceback) == 1  # no traceback soup
+
+
+def test_01_degenerate_but_valid_sessions_are_diagnosed(tmp_path, elsewhere):
+    """One session; sessions whose y_true is constant inside; one row per session: no crash, no claim."""
+    import numpy as np
+    import pandas as pd
+
+    y = np.arange(40.0)
+    cases = {
+        "one_session": pd.DataFrame({"y_true": y, "y_pred": y + 1, "session": "a"}),
+        "constant_within": pd.DataFrame({"y_true": np.repeat([1.0, 2.0], 20), "y_pred": y / 20, "session": np.repeat(["a", "b"], 20)}),
+        "row_per_session": pd.DataFrame({"y_true": [1.0, 2.0, 4.0], "y_pred": [1.5, 2.0, 3.0], "session": ["a", "b", "c"]}),
+    }
+    for name, table in cases.items():
+        table.to_parquet(elsewhere / f"{name}.parquet")
+        summary = execute("01_r2_gap", {"predictions": f"{name}.parquet", "reported": "", "run_demos": False},
+                          tmp_path / name, cwd=elsewhere)
+        assert summary["findings"]["between_session_variance"]["status"] == "not_detected", name
 
 
 def test_make_run_names_the_failing_notebook_and_cell(monkeypatch, capsys):
