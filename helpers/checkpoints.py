@@ -1,0 +1,442 @@
+"""Checkpoint statistics behind notebook 03: is one experiment's "ideal" epoch real or noise?
+
+An inverse model is saved every epoch. For each checkpoint ``e`` and validation
+sample ``i`` the *per-sample error* is the mean over the P parameters of the
+squared error in standardised units::
+
+    err[e, i] = mean_p ((pred[e, i, p] - target[i, p]) / scale_p) ** 2
+
+with ``scale`` the standard deviation of the training targets (scikit-learn's
+``StandardScaler``). Parameters in different units (a strain of 0.01, a length of
+5000 Å) then count alike; an unscaled distance or error is dominated by whichever
+parameter has the largest numbers.
+
+From the (E, N) error matrix:
+
+- **noise floor**: every validation sample has *some* epoch that fits it better
+  than the val-loss-best one. Its advantage ``err[ref, i] / min_e err[e, i]`` is
+  the ordinary epoch-to-epoch luck; an experiment whose advantage is typical of
+  the validation samples' is inside that noise;
+- **selection check**: pick each sample's best epoch on one half of its repeated
+  measurements (or on the sample itself) and score that epoch on the other half
+  (or on its nearest validation neighbours): how much of the in-sample advantage
+  survives on held-out data (Cawley & Talbot 2010: selection on the evaluation
+  data is optimistic);
+- **coverage** in standardised parameter space: the k-NN distance to the training
+  set against the same distance of validation samples, the number of training
+  samples within radii taken from that distribution, each parameter's range;
+- **ensembles** of the last k checkpoints (mean and median of predictions).
+
+Arrays are processed in epoch chunks, so memory stays near the size of ``pred``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy import stats
+from sklearn.neighbors import KDTree, NearestNeighbors
+from sklearn.preprocessing import StandardScaler
+
+# chunks of the (E, N, P) prediction array hold at most this many bytes of temporaries
+CHUNK_BYTES = 64 * 2**20
+# distributions (noise band, reference k-NN distances, neighbour selection) use at most this many samples
+MAX_REFERENCE = 5000
+MAX_BAND = 20000
+# a validation sample's error is floored at this share of the mean error (a perfect fit has error 0)
+REL_FLOOR = 1e-9
+
+
+# --------------------------------------------------------------------------- scales and errors
+def fit_scaler(reference: np.ndarray) -> StandardScaler:
+    """StandardScaler on the reference parameters (constant columns get scale 1, as sklearn does)."""
+    return StandardScaler().fit(np.asarray(reference, dtype=np.float64))
+
+
+def standardise(x: np.ndarray, scaler: StandardScaler) -> np.ndarray:
+    return scaler.transform(np.asarray(x, dtype=np.float64).reshape(-1, scaler.n_features_in_)).reshape(np.shape(x))
+
+
+def per_sample_errors(pred: np.ndarray, target: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(E, N) mean over parameters of the squared standardised error; float64.
+
+    ``pred`` (E, N, P) or (N, P) (then E=1), ``target`` (N, P), ``scale`` (P,).
+    Computed a chunk of checkpoints at a time (no full-size temporary).
+    """
+    pred = np.asarray(pred)
+    if pred.ndim == 2:
+        pred = pred[None]
+    e, n, p = pred.shape
+    dtype = np.float64 if pred.dtype == np.float64 else np.float32
+    t = np.asarray(target, dtype=dtype)
+    inv = (1.0 / np.asarray(scale, dtype=np.float64)).astype(dtype)
+    out = np.empty((e, n), dtype=np.float64)
+    step = max(1, CHUNK_BYTES // max(1, n * p * np.dtype(dtype).itemsize))
+    for a in range(0, e, step):
+        d = np.subtract(pred[a:a + step], t, dtype=dtype)
+        d *= inv
+        np.square(d, out=d)
+        out[a:a + step] = d.mean(axis=-1, dtype=np.float64)
+    return out
+
+
+def checkpoint_mse(err: np.ndarray) -> np.ndarray:
+    """Per-checkpoint validation MSE in standardised units: the mean of each row of ``err``."""
+    return np.asarray(err).mean(axis=1)
+
+
+# --------------------------------------------------------------------------- noise floor
+def _floored(err: np.ndarray) -> np.ndarray:
+    floor = REL_FLOOR * max(float(np.mean(err)), np.finfo(float).tiny)
+    return np.maximum(err, floor)
+
+
+def advantage(err: np.ndarray, ref: int) -> np.ndarray:
+    """Per sample (column): error at checkpoint ``ref`` over the sample's own best error (>= 1)."""
+    e = _floored(np.asarray(err, dtype=np.float64))
+    return e[ref] / e.min(axis=0)
+
+
+def relative_errors(err: np.ndarray, ref: int) -> np.ndarray:
+    """err[e, i] / err[ref, i]: each sample's error relative to the reference checkpoint."""
+    e = _floored(np.asarray(err, dtype=np.float64))
+    return e / e[ref]
+
+
+def subsample(n: int, m: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``m`` of ``n`` items (all of them when n <= m), seeded."""
+    if n <= m:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
+
+
+def noise_band(err: np.ndarray, ref: int, quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
+               max_samples: int = MAX_BAND, seed: int = 0) -> np.ndarray:
+    """(E, Q) quantiles over validation samples of err[e, i] / err[ref, i] (at most ``max_samples`` samples)."""
+    cols = subsample(np.shape(err)[1], max_samples, seed)
+    return np.quantile(relative_errors(np.asarray(err)[:, cols], ref), quantiles, axis=1).T
+
+
+def epoch_to_epoch(err: np.ndarray, max_samples: int = MAX_BAND, seed: int = 0) -> np.ndarray:
+    """(E-1,) median over samples of |log err[e+1, i] - log err[e, i]|: typical change between consecutive checkpoints."""
+    cols = subsample(np.shape(err)[1], max_samples, seed)
+    lg = np.log(_floored(np.asarray(err, dtype=np.float64)[:, cols]))
+    return np.median(np.abs(np.diff(lg, axis=0)), axis=1)
+
+
+def percentile_of(reference: np.ndarray, value: float) -> float:
+    """Share (in %) of ``reference`` at or below ``value`` (``scipy.stats.percentileofscore``, kind='weak')."""
+    return float(stats.percentileofscore(np.asarray(reference, dtype=np.float64), value, kind="weak"))
+
+
+@dataclass
+class NoiseFloor:
+    """The experiment's ideal-vs-reference swing against the validation samples' swings."""
+
+    ref: int  # index of the reference (val-loss-best) checkpoint
+    sample_advantage: np.ndarray = field(repr=False)  # (N,) err[ref] / min_e err
+    experiment_advantage: float
+    percentile: float  # of the experiment's advantage among the samples'
+    band: np.ndarray = field(repr=False)  # (E, Q) quantiles of err / err[ref]
+    quantiles: tuple
+    experiment_relative: np.ndarray = field(repr=False)  # (E,) experiment err / err[ref]
+    step_change: np.ndarray = field(repr=False)  # (E-1,) median |log change| between consecutive checkpoints
+
+    @property
+    def sample_p95(self) -> float:
+        return float(np.quantile(self.sample_advantage, 0.95))
+
+    @property
+    def sample_median(self) -> float:
+        return float(np.median(self.sample_advantage))
+
+
+def noise_floor(err: np.ndarray, experiment_err: np.ndarray, ref: int,
+                quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95), seed: int = 0) -> NoiseFloor:
+    """Validation errors (E, N) and the experiment's errors (E,), both relative to checkpoint ``ref``."""
+    err = np.asarray(err, dtype=np.float64)
+    adv = advantage(err, ref)
+    exp_err = np.asarray(experiment_err, dtype=np.float64)
+    exp_adv = float(advantage(exp_err[:, None], ref)[0])
+    return NoiseFloor(ref, adv, exp_adv, percentile_of(adv, exp_adv), noise_band(err, ref, quantiles, seed=seed),
+                      tuple(quantiles), relative_errors(exp_err[:, None], ref)[:, 0], epoch_to_epoch(err, seed=seed))
+
+
+# --------------------------------------------------------------------------- selection on the test case
+@dataclass
+class SelectionCheck:
+    """Choose a checkpoint per sample on selection data, score it on held-out data.
+
+    Gains are log ratios ``log(err[ref] / err[chosen])``: > 0 means the chosen
+    checkpoint beats the reference one. ``in_sample`` >= 0 by construction.
+    """
+
+    method: str  # "repeats" or "neighbours"
+    chosen: np.ndarray = field(repr=False)  # chosen checkpoint index per unit
+    in_sample: np.ndarray = field(repr=False)
+    held_out: np.ndarray = field(repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(len(self.chosen))
+
+    @property
+    def surviving_share(self) -> float:
+        """Mean held-out gain over mean in-sample gain (1: all of the advantage is real, <= 0: none)."""
+        m = float(np.mean(self.in_sample)) if self.n else 0.0
+        return float(np.mean(self.held_out)) / m if m > 0 else float("nan")
+
+    @property
+    def share_better(self) -> float:
+        """Share of units where the chosen checkpoint also beats the reference on held-out data."""
+        return float(np.mean(self.held_out > 0)) if self.n else float("nan")
+
+    @property
+    def in_sample_ratio(self) -> float:
+        return float(np.exp(np.mean(self.in_sample))) if self.n else float("nan")
+
+    @property
+    def held_out_ratio(self) -> float:
+        return float(np.exp(np.mean(self.held_out))) if self.n else float("nan")
+
+
+def _onehot(codes: np.ndarray, n_groups: int, mask: np.ndarray) -> sp.csr_matrix:
+    rows = np.flatnonzero(mask)
+    return sp.csr_matrix((np.ones(len(rows)), (rows, codes[rows])), shape=(len(codes), n_groups))
+
+
+def selection_by_repeats(err: np.ndarray, repeat_id: np.ndarray, ref: int, seed: int = 0) -> SelectionCheck:
+    """Per group of repeated measurements (same ``repeat_id``, 2+ rows): choose the epoch with the lowest mean
+    error on a random half of its rows, score it on the other half. Groups of one row are skipped."""
+    err = _floored(np.asarray(err, dtype=np.float64))
+    codes, uniques = pd.factorize(pd.Series(np.asarray(repeat_id).ravel()), sort=True)
+    g = len(uniques)
+    counts = np.bincount(codes, minlength=g)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(codes))
+    # rank of each row within its group, in random order: first half selects, the rest scores
+    ranked = pd.Series(codes[order]).groupby(codes[order]).cumcount().to_numpy()
+    rank = np.empty_like(ranked)
+    rank[order] = ranked
+    half_a = rank < counts[codes] // 2
+    keep = counts >= 2
+    a, b = _onehot(codes, g, half_a & keep[codes]), _onehot(codes, g, ~half_a & keep[codes])
+    na, nb = np.asarray(a.sum(axis=0)).ravel(), np.asarray(b.sum(axis=0)).ravel()
+    mean_a = np.asarray((a.T @ err.T).T)[:, keep] / na[keep]
+    mean_b = np.asarray((b.T @ err.T).T)[:, keep] / nb[keep]
+    chosen = mean_a.argmin(axis=0)
+    cols = np.arange(mean_a.shape[1])
+    gain_in = np.log(mean_a[ref] / mean_a[chosen, cols])
+    gain_out = np.log(mean_b[ref] / mean_b[chosen, cols])
+    return SelectionCheck("repeats", chosen, gain_in, gain_out)
+
+
+def selection_by_neighbours(err: np.ndarray, target_z: np.ndarray, ref: int, k: int = 5,
+                            max_samples: int = MAX_REFERENCE, seed: int = 0) -> SelectionCheck:
+    """Each (sub-sampled) validation sample chooses its own best epoch; that epoch is scored on the sample's
+    ``k`` nearest other validation samples (standardised target space, scikit-learn NearestNeighbors)."""
+    err = _floored(np.asarray(err, dtype=np.float64))
+    n = err.shape[1]
+    rows = subsample(n, max_samples, seed)
+    nn = NearestNeighbors(n_neighbors=min(k + 1, n)).fit(target_z)
+    _, ind = nn.kneighbors(target_z[rows])
+    nbrs = np.array([[j for j in r if j != i][:k] for i, r in zip(rows, ind, strict=True)])
+    chosen = err[:, rows].argmin(axis=0)
+    gain_in = np.log(err[ref, rows] / err[chosen, rows])
+    nb_ref = err[ref][nbrs].mean(axis=1)
+    nb_chosen = err[chosen[:, None], nbrs].mean(axis=1)
+    return SelectionCheck("neighbours", chosen, gain_in, np.log(nb_ref / nb_chosen))
+
+
+# --------------------------------------------------------------------------- coverage
+def knn_distances(reference_z: np.ndarray, query_z: np.ndarray, k: int = 5,
+                  exclude_self: bool = False) -> np.ndarray:
+    """Mean Euclidean distance from each query row to its ``k`` nearest reference rows (NearestNeighbors).
+
+    ``exclude_self``: the queries are the reference rows themselves; each row's own zero distance is dropped.
+    """
+    reference_z = np.asarray(reference_z, dtype=np.float64)
+    kk = k + 1 if exclude_self else k
+    if kk > len(reference_z):
+        raise ValueError(f"need at least {kk} reference rows for k={k}, got {len(reference_z)}")
+    dist, _ = NearestNeighbors(n_neighbors=kk).fit(reference_z).kneighbors(np.atleast_2d(query_z))
+    return dist[:, 1:].mean(axis=1) if exclude_self else dist.mean(axis=1)
+
+
+def counts_within(reference_z: np.ndarray, query_z: np.ndarray, radii: Sequence[float]) -> np.ndarray:
+    """(n_query, n_radii) number of reference rows within each radius (KDTree.query_radius, count_only)."""
+    tree = KDTree(np.asarray(reference_z, dtype=np.float64))
+    q = np.atleast_2d(np.asarray(query_z, dtype=np.float64))
+    return np.stack([tree.query_radius(q, r=float(r), count_only=True) for r in radii], axis=1)
+
+
+@dataclass
+class Coverage:
+    """Where a point sits in the training distribution, in standardised units."""
+
+    k: int
+    distance: float  # mean distance to the k nearest training samples
+    reference_distances: np.ndarray = field(repr=False)  # the same for (sub-sampled) validation samples
+    percentile: float  # of ``distance`` among ``reference_distances``
+    radii: np.ndarray = field(repr=False)  # 10th, 50th, 90th percentile of the reference distances
+    counts: np.ndarray = field(repr=False)  # training samples within each radius of the point
+    reference_counts: np.ndarray = field(repr=False)  # (n_ref, 3)
+    count_percentiles: np.ndarray = field(repr=False)  # of ``counts`` among ``reference_counts`` (low: sparse)
+    ranges: pd.DataFrame = field(repr=False)  # per parameter: min, max, value, position, percentile, outside
+
+    @property
+    def outside_range(self) -> list[str]:
+        return self.ranges.index[self.ranges["outside"]].tolist()
+
+    @property
+    def beyond_reference(self) -> bool:
+        """Farther from the training set than every validation sample is."""
+        return bool(self.distance > self.reference_distances.max())
+
+
+RADIUS_QUANTILES = (0.1, 0.5, 0.9)
+
+
+def coverage(train: np.ndarray, point: np.ndarray, reference: np.ndarray, scaler: StandardScaler,
+             names: Sequence[str], k: int = 5, max_reference: int = MAX_REFERENCE, seed: int = 0) -> Coverage:
+    """Coverage of ``point`` (P,) by the training targets (M, P), against validation targets (N, P)."""
+    tz = standardise(train, scaler)
+    pz = standardise(np.asarray(point)[None], scaler)
+    rz = standardise(np.asarray(reference)[subsample(len(reference), max_reference, seed)], scaler)
+    d_point = float(knn_distances(tz, pz, k)[0])
+    d_ref = knn_distances(tz, rz, k)
+    radii = np.quantile(d_ref, RADIUS_QUANTILES)
+    counts = counts_within(tz, pz, radii)[0]
+    ref_counts = counts_within(tz, rz, radii)
+    count_pct = np.array([percentile_of(ref_counts[:, j], counts[j]) for j in range(len(radii))])
+    return Coverage(k, d_point, d_ref, percentile_of(d_ref, d_point), radii, counts, ref_counts, count_pct,
+                    parameter_ranges(train, point, names))
+
+
+def parameter_ranges(train: np.ndarray, point: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
+    """Per parameter: training min/max, the point's value, its position in [min, max] (0..1 inside),
+    its percentile in the training marginal (scipy, kind='mean'), and whether it is outside the range."""
+    train = np.asarray(train, dtype=np.float64)
+    point = np.asarray(point, dtype=np.float64)
+    lo, hi = train.min(axis=0), train.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    pct = [float(stats.percentileofscore(train[:, j], point[j], kind="mean")) for j in range(train.shape[1])]
+    return pd.DataFrame({"min": lo, "max": hi, "value": point, "position": (point - lo) / span,
+                         "percentile": pct, "outside": (point < lo) | (point > hi)}, index=pd.Index(names, name="parameter"))
+
+
+# --------------------------------------------------------------------------- per-parameter errors
+def error_by_bin(pred: np.ndarray, target: np.ndarray, scale: np.ndarray, names: Sequence[str],
+                 bins: int = 4, point: np.ndarray | None = None) -> pd.DataFrame:
+    """Mean absolute standardised error of each parameter by quantile bin of its true value (pd.qcut).
+
+    ``point``: mark the bin the experiment falls in (values outside the bins go to the nearest one).
+    """
+    pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    abs_err = np.abs(pred - target) / np.asarray(scale, dtype=np.float64)
+    rows = []
+    for j, name in enumerate(names):
+        cut, edges = pd.qcut(target[:, j], bins, retbins=True, duplicates="drop")
+        codes = np.asarray(cut.codes)
+        if len(edges) < 2:  # a constant parameter: one bin holding every sample
+            edges, codes = np.array([edges[0], edges[0]]), np.zeros(len(target), dtype=int)
+        overall = abs_err[:, j].mean()
+        here = None
+        if point is not None:
+            here = int(np.clip(np.searchsorted(edges, point[j], side="right") - 1, 0, len(edges) - 2))
+        for b in range(len(edges) - 1):
+            sel = codes == b
+            mae = float(abs_err[sel, j].mean()) if sel.any() else float("nan")
+            rows.append({"parameter": name, "bin": b, "low": edges[b], "high": edges[b + 1], "n": int(sel.sum()),
+                         "mae_std": mae, "vs_overall": mae / overall if overall > 0 else float("nan"),
+                         "experiment_here": here == b})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- ensembles
+def last_k(pred: np.ndarray, k: int) -> np.ndarray:
+    """The last ``k`` checkpoints' predictions (pred is ordered by epoch)."""
+    return np.asarray(pred)[-k:]
+
+
+def ensemble(pred: np.ndarray, k: int, how: str = "mean") -> np.ndarray:
+    """Mean or median over the last ``k`` checkpoints of predictions (E, ..., P) -> (..., P)."""
+    tail = last_k(pred, k)
+    if how == "mean":
+        return tail.mean(axis=0, dtype=np.float64)
+    if how == "median":
+        return np.median(tail, axis=0)
+    raise ValueError(f"how must be 'mean' or 'median', got {how!r}")
+
+
+# --------------------------------------------------------------------------- curves and sensitivity
+def call_forward(fn: Callable, params: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Curves (n, L) as float64 numpy from a forward model given (n, P) parameters (torch or numpy in/out)."""
+    import torch
+
+    params = np.asarray(params, dtype=np.float64)
+    out = []
+    for a in range(0, len(params), chunk):
+        with torch.no_grad():
+            y = fn(torch.as_tensor(params[a:a + chunk]))
+        y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        out.append(y.astype(np.float64).reshape(len(params[a:a + chunk]), -1))
+    return np.concatenate(out) if out else np.empty((0, 0))
+
+
+def curve_errors(fn: Callable, pred: np.ndarray, reference_curves: np.ndarray) -> np.ndarray:
+    """Per row: mean squared difference between the forward model's curve of ``pred`` and the reference curve."""
+    c = call_forward(fn, pred)
+    return ((c - reference_curves) ** 2).mean(axis=1)
+
+
+def jacobian(fn: Callable, point: np.ndarray) -> tuple[np.ndarray, str]:
+    """d curve / d parameter (L, P) at ``point`` with torch.autograd.functional.jacobian; a forward model that
+    does not support autograd falls back to central finite differences. Returns (J, method)."""
+    import torch
+
+    x0 = torch.as_tensor(np.asarray(point, dtype=np.float64))
+    try:
+        jac = torch.autograd.functional.jacobian(lambda x: fn(x[None])[0], x0)
+        if not isinstance(jac, torch.Tensor):
+            raise TypeError("forward model did not return a tensor")
+        return jac.detach().numpy().astype(np.float64), "autograd"
+    except Exception:  # numpy-only forward model
+        return finite_difference_jacobian(fn, np.asarray(point, dtype=np.float64)), "central differences"
+
+
+def finite_difference_jacobian(fn: Callable, point: np.ndarray, rel_step: float = 1e-5) -> np.ndarray:
+    """Central differences with a step of ``rel_step`` x max(|x|, 1e-8) per parameter."""
+    h = rel_step * np.maximum(np.abs(point), 1e-8)
+    shifts = np.concatenate([point + np.diag(h), point - np.diag(h)])
+    c = call_forward(fn, shifts)
+    p = len(point)
+    return ((c[:p] - c[p:]) / (2 * h[:, None])).T
+
+
+def sensitivity(jac: np.ndarray, scale: np.ndarray, names: Sequence[str], error: np.ndarray | None = None) -> pd.DataFrame:
+    """Per parameter: RMS curve change for a change of one training SD, and (given a parameter ``error``
+    vector) the RMS curve change that this parameter's error alone causes, linearised."""
+    jac = np.asarray(jac, dtype=np.float64)
+    per_sd = np.sqrt(((jac * np.asarray(scale)) ** 2).mean(axis=0))
+    df = pd.DataFrame({"curve_rms_per_sd": per_sd}, index=pd.Index(names, name="parameter"))
+    if error is not None:
+        err = np.asarray(error, dtype=np.float64)
+        df["error_std"] = err / np.asarray(scale)
+        df["curve_rms_from_error"] = np.sqrt(((jac * err) ** 2).mean(axis=0))
+    return df
+
+
+def error_correlation(param_err: np.ndarray, curve_err: np.ndarray) -> dict:
+    """Pearson and Spearman correlation of parameter and curve error across samples (scipy.stats)."""
+    a, b = np.asarray(param_err, dtype=np.float64), np.asarray(curve_err, dtype=np.float64)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return {"pearson_r": float("nan"), "pearson_p": float("nan"), "spearman_rho": float("nan"),
+                "spearman_p": float("nan"), "n": int(len(a))}
+    pr, sr = stats.pearsonr(a, b), stats.spearmanr(a, b)
+    return {"pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue), "spearman_rho": float(sr.statistic),
+            "spearman_p": float(sr.pvalue), "n": int(len(a))}

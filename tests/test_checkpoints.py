@@ -1,0 +1,229 @@
+"""helpers.checkpoints against scikit-learn / scipy / brute force on the same inputs, adversarial ones included."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from scipy.spatial.distance import cdist
+from sklearn.metrics import mean_squared_error
+from sklearn.preprocessing import StandardScaler
+
+from helpers import checkpoints as ck
+
+
+@pytest.fixture
+def run():
+    rng = np.random.default_rng(0)
+    e, n, p = 6, 40, 3
+    target = rng.normal(size=(n, p)) * np.array([0.01, 5000.0, 1.0])
+    pred = target + rng.normal(size=(e, n, p)) * np.array([0.002, 800.0, 0.3]) * np.linspace(2, 1, e)[:, None, None]
+    return pred, target
+
+
+def test_per_sample_errors_match_sklearn_mse_on_standardised_values(run):
+    pred, target = run
+    scaler = StandardScaler().fit(target)
+    err = ck.per_sample_errors(pred, target, scaler.scale_)
+    assert err.shape == (6, 40)
+    for e in range(6):
+        expected = mean_squared_error(scaler.transform(target), scaler.transform(pred[e]), multioutput="raw_values")
+        np.testing.assert_allclose(err[e].mean(), expected.mean(), rtol=1e-12)
+        np.testing.assert_allclose(ck.checkpoint_mse(err)[e], mean_squared_error(
+            scaler.transform(target), scaler.transform(pred[e])), rtol=1e-12)
+    # float32 input, chunked over epochs: same numbers to float32 precision
+    small = ck.CHUNK_BYTES
+    try:
+        ck.CHUNK_BYTES = 40 * 3 * 4 * 2  # two checkpoints per chunk
+        err32 = ck.per_sample_errors(pred.astype(np.float32), target, scaler.scale_)
+    finally:
+        ck.CHUNK_BYTES = small
+    np.testing.assert_allclose(err32, err, rtol=1e-4)
+
+
+def test_unscaled_error_is_dominated_by_the_largest_unit(run):
+    pred, target = run
+    raw = ck.per_sample_errors(pred, target, np.ones(3))
+    only_big = ((pred[..., 1] - target[:, 1]) ** 2) / 3
+    assert np.median(only_big / raw) > 0.999  # the other two parameters barely register
+
+
+def test_constant_column_gets_scale_one_like_sklearn():
+    x = np.c_[np.ones(5), np.arange(5.0)]
+    assert ck.fit_scaler(x).scale_[0] == 1.0 == StandardScaler().fit(x).scale_[0]
+
+
+def test_advantage_and_band_against_direct_computation():
+    err = np.array([[4.0, 1.0, 2.0], [2.0, 2.0, 2.0], [1.0, 4.0, 3.0]])
+    adv = ck.advantage(err, ref=2)
+    np.testing.assert_allclose(adv, [1.0, 4.0, 1.5])
+    band = ck.noise_band(err, 2, quantiles=(0.0, 0.5, 1.0))
+    rel = err / err[2]
+    np.testing.assert_allclose(band, np.quantile(rel, [0.0, 0.5, 1.0], axis=1).T)
+    np.testing.assert_allclose(band[2], 1.0)
+    steps = ck.epoch_to_epoch(err)
+    np.testing.assert_allclose(steps, np.median(np.abs(np.diff(np.log(err), axis=0)), axis=1))
+
+
+def test_zero_error_is_floored_not_divided_by():
+    err = np.array([[0.0, 1.0], [1.0, 1.0]])
+    adv = ck.advantage(err, 1)
+    assert np.isfinite(adv).all() and adv[0] > 1e6 and adv[1] == 1.0
+
+
+def test_percentile_matches_scipy_with_ties():
+    ref = np.array([1, 2, 2, 2, 3, 5.0])
+    for v in (0.5, 2.0, 2.5, 5.0, 9.0):
+        assert ck.percentile_of(ref, v) == stats.percentileofscore(ref, v, kind="weak")
+    assert ck.percentile_of(ref, 2.0) == pytest.approx(100 * 4 / 6)
+
+
+def test_noise_floor_puts_a_typical_swing_inside_and_a_real_one_outside():
+    rng = np.random.default_rng(1)
+    err = np.exp(rng.normal(scale=0.2, size=(20, 500)))  # each sample's error wanders around 1
+    nf = ck.noise_floor(err, err[:, 7], ref=5)
+    assert nf.experiment_advantage == pytest.approx(ck.advantage(err[:, [7]], 5)[0])
+    assert 5 < nf.percentile < 100
+    big = err[:, 0].copy()
+    big[5] = 10 * big.min()  # the reference checkpoint is ten times worse than the best on this one
+    assert ck.noise_floor(err, big, ref=5).percentile == 100.0
+    assert nf.band.shape == (20, 5) and nf.experiment_relative[5] == 1.0
+
+
+def test_selection_by_repeats_pure_noise_does_not_generalise():
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(300), 2)
+    err = np.exp(rng.normal(scale=0.3, size=(15, 600)))  # no checkpoint is better for anyone
+    s = ck.selection_by_repeats(err, groups, ref=14)
+    assert s.method == "repeats" and s.n == 300
+    assert (s.in_sample >= 0).all() and s.in_sample.mean() > 0.2
+    assert abs(s.surviving_share) < 0.2  # the in-sample advantage was luck
+    # direct computation for one group: the selection half and the held-out half are its two rows
+    g = 17
+    rows = np.flatnonzero(groups == g)
+    a_row = rows[0] if s.in_sample[g] == pytest.approx(np.log(err[14, rows[0]] / err[:, rows[0]].min())) else rows[1]
+    b_row = rows[1] if a_row == rows[0] else rows[0]
+    assert s.chosen[g] == err[:, a_row].argmin()
+    assert s.held_out[g] == pytest.approx(np.log(err[14, b_row] / err[s.chosen[g], b_row]))
+
+
+def test_selection_by_repeats_real_per_group_differences_survive():
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(200), 4)
+    best = rng.integers(0, 10, 200)  # each group truly has its own best checkpoint
+    err = np.ones((10, 800)) * 2.0
+    err[best[groups], np.arange(800)] = 0.5
+    err *= np.exp(rng.normal(scale=0.05, size=err.shape))
+    s = ck.selection_by_repeats(err, groups, ref=9)
+    assert s.surviving_share > 0.9 and np.mean(s.chosen == best) > 0.95
+
+
+def test_selection_by_repeats_skips_singletons_and_takes_string_ids():
+    err = np.exp(np.random.default_rng(4).normal(size=(5, 7)))
+    s = ck.selection_by_repeats(err, np.array(["a", "a", "b", "c", "c", "c", "d"]), ref=4)
+    assert s.n == 2  # "b" and "d" have one row
+
+
+def test_selection_by_neighbours_uses_other_samples_only():
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(300, 2))
+    err = np.exp(rng.normal(scale=0.3, size=(12, 300)))
+    s = ck.selection_by_neighbours(err, z, ref=11, k=4)
+    assert s.n == 300 and abs(s.surviving_share) < 0.3
+    # smooth structure in z: neighbours share the best checkpoint, so selection carries over
+    best = (z[:, 0] > 0).astype(int) * 5
+    err2 = np.full((12, 300), 2.0)
+    err2[best, np.arange(300)] = 0.5
+    assert ck.selection_by_neighbours(err2, z, ref=11, k=4).surviving_share > 0.8
+
+
+def test_knn_distances_against_brute_force():
+    rng = np.random.default_rng(6)
+    ref, q = rng.normal(size=(200, 7)), rng.normal(size=(30, 7))
+    d = np.sort(cdist(q, ref), axis=1)
+    np.testing.assert_allclose(ck.knn_distances(ref, q, 5), d[:, :5].mean(axis=1), rtol=1e-10)
+    self_d = np.sort(cdist(ref, ref), axis=1)[:, 1:6].mean(axis=1)
+    np.testing.assert_allclose(ck.knn_distances(ref, ref, 5, exclude_self=True), self_d, rtol=1e-10)
+    with pytest.raises(ValueError):
+        ck.knn_distances(ref[:3], q, 5)
+
+
+def test_counts_within_against_brute_force_with_ties():
+    ref = np.array([[0.0, 0], [1, 0], [0, 1], [2, 0], [0, 0]])  # a duplicate row and points at exactly r=1
+    q = np.array([[0.0, 0], [5, 5]])
+    counts = ck.counts_within(ref, q, [1.0, 2.0])
+    d = cdist(q, ref)
+    np.testing.assert_array_equal(counts, np.stack([(d <= 1.0).sum(1), (d <= 2.0).sum(1)], axis=1))
+    assert counts.tolist() == [[4, 5], [0, 0]]
+
+
+def test_coverage_of_a_point_in_the_bulk_and_at_an_edge():
+    rng = np.random.default_rng(7)
+    train = rng.normal(size=(2000, 3)) * [1e-2, 1e3, 1.0]
+    val = rng.normal(size=(400, 3)) * [1e-2, 1e3, 1.0]
+    scaler = ck.fit_scaler(train)
+    names = ["a", "b", "c"]
+    bulk = ck.coverage(train, np.zeros(3), val, scaler, names)
+    edge = ck.coverage(train, np.array([3e-2, 2.5e3, 0.0]), val, scaler, names)
+    far = ck.coverage(train, np.array([9e-2, 0.0, 0.0]), val, scaler, names)
+    assert bulk.percentile < 50 < edge.percentile and edge.distance > bulk.distance
+    assert (edge.count_percentiles < bulk.count_percentiles).all()
+    assert far.outside_range == ["a"] and far.beyond_reference and not bulk.outside_range
+    np.testing.assert_allclose(edge.radii, np.quantile(edge.reference_distances, ck.RADIUS_QUANTILES))
+    assert edge.ranges.loc["a", "percentile"] == stats.percentileofscore(train[:, 0], 3e-2, kind="mean")
+
+
+def test_error_by_bin_against_groupby():
+    rng = np.random.default_rng(8)
+    target = rng.normal(size=(100, 2))
+    pred = target + rng.normal(size=(100, 2)) * (1 + (target > 1))
+    t = ck.error_by_bin(pred, target, np.array([1.0, 2.0]), ["x", "y"], bins=4, point=np.array([5.0, -5.0]))
+    ae = np.abs(pred - target) / [1.0, 2.0]
+    expected = pd.Series(ae[:, 0]).groupby(pd.qcut(target[:, 0], 4).codes).mean()
+    np.testing.assert_allclose(t[t.parameter == "x"]["mae_std"], expected.to_numpy())
+    assert t[t.parameter == "x"]["experiment_here"].tolist() == [False, False, False, True]
+    assert t[t.parameter == "y"]["experiment_here"].tolist() == [True, False, False, False]
+    # constant target column: one bin, not an error
+    tc = ck.error_by_bin(pred, np.c_[np.ones(100), target[:, 1]], np.ones(2), ["x", "y"])
+    assert (tc.parameter == "x").sum() == 1
+
+
+def test_ensembles_of_the_last_k():
+    pred = np.arange(24.0).reshape(4, 3, 2)
+    np.testing.assert_array_equal(ck.ensemble(pred, 2), pred[2:].mean(0))
+    np.testing.assert_array_equal(ck.ensemble(pred, 3, "median"), pred[2])
+    with pytest.raises(ValueError):
+        ck.ensemble(pred, 2, "mode")
+
+
+def test_jacobian_autograd_matches_finite_differences_and_numpy_fallback():
+    import torch
+
+    a = np.array([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]])
+
+    def f_torch(p):
+        return torch.sin(p @ torch.as_tensor(a.T)) * p[:, :1] ** 2
+
+    def f_numpy(p):
+        p = np.asarray(p)
+        return np.sin(p @ a.T) * p[:, :1] ** 2
+
+    x = np.array([0.3, -0.7])
+    j, how = ck.jacobian(f_torch, x)
+    jn, how_n = ck.jacobian(f_numpy, x)
+    assert how == "autograd" and how_n == "central differences" and j.shape == (3, 2)
+    np.testing.assert_allclose(j, ck.finite_difference_jacobian(f_torch, x), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(jn, j, rtol=1e-6, atol=1e-9)
+    s = ck.sensitivity(j, np.array([2.0, 1.0]), ["u", "v"], error=np.array([0.1, 0.0]))
+    np.testing.assert_allclose(s["curve_rms_per_sd"], np.sqrt(((j * [2.0, 1.0]) ** 2).mean(0)))
+    assert s.loc["v", "curve_rms_from_error"] == 0.0
+
+
+def test_error_correlation_matches_scipy_and_handles_constants():
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=50)
+    b = a + rng.normal(size=50)
+    c = ck.error_correlation(a, b)
+    assert c["pearson_r"] == pytest.approx(stats.pearsonr(a, b)[0])
+    assert c["spearman_rho"] == pytest.approx(stats.spearmanr(a, b)[0])
+    assert np.isnan(ck.error_correlation(a, np.ones(50))["pearson_r"])
+    assert np.isnan(ck.error_correlation(a[:2], b[:2])["spearman_rho"])
