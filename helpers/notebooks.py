@@ -22,6 +22,22 @@ KERNEL = "python3"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def _kernel_manager_class():
+    """papermill's kernel manager with CurveZMQ transport encryption when the kernel supports it.
+
+    ipykernel >= 7.3 warns on every start of a kernel bound over TCP without encryption; the
+    kernel installed by `make setup` declares curve support, so this encrypts and the warning goes.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport_encryption = "auto"
+
+    return EncryptedKernelManager
+
+
 class NotebookFailed(Exception):
     """A notebook cell raised. ``line`` is the last line the cell's error showed."""
 
@@ -53,7 +69,8 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
     try:
         pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(executed), parameters=params,
                             kernel_name=KERNEL, cwd=str(cwd) if cwd else None,
-                            progress_bar=progress, log_output=False)
+                            progress_bar=progress, log_output=False,
+                            kernel_manager_class=_kernel_manager_class())
     except pm.PapermillExecutionError as exc:
         lines = [_ANSI.sub("", t) for t in exc.traceback if t.strip()]
         last = lines[-1].strip().splitlines()[-1] if lines else f"{exc.ename}: {exc.evalue}"
