@@ -18,19 +18,85 @@ def check_types(params: Mapping[str, Any], spec: Mapping[str, type]) -> dict[str
     """Check each parameter against its declared type; return them with ints widened to float where declared.
 
     bool is not accepted for int/float (``True`` as a seed is a mistake), but an
-    int is accepted for a float parameter.
+    int is accepted for a float parameter, and a list parameter accepts the text of a
+    YAML/JSON list. A name papermill injected that ``spec`` does not declare is refused.
     """
+    check_injected(spec)
     out = dict(params)
     for name, kind in spec.items():
         if name not in params:
             raise InputError(name, "parameter is missing")
         v = params[name]
+        if kind is list and isinstance(v, str):  # papermill's -p passes a list as its text
+            out[name] = v = parse_list(name, v)
         ok = isinstance(v, kind) and not (kind in (int, float) and isinstance(v, bool))
         if kind is float and isinstance(v, int) and not isinstance(v, bool):
             out[name], ok = float(v), True
         if not ok:
             raise InputError(name, f"expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {v!r} ({type(v).__name__})")
     return out
+
+
+def parse_list(name: str, text: str) -> list:
+    """A list given as YAML/JSON text (``"[1e-4, 1e-3]"``, ``"[]"``, ``"[a.npz, b.npz]"``)."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text) if text.strip() else []
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise InputError(name, f"expected a list like [1e-4, 1e-3], could not parse {text!r} ({problem})") from None
+    if not isinstance(value, list):
+        raise InputError(name, f"expected a list like [1e-4, 1e-3], got {text!r}")
+    # YAML 1.1 reads 1e-4 (no dot) as a string: take such items as the numbers they spell
+    return [_number_or_text(v) for v in value]
+
+
+def _number_or_text(v):
+    if isinstance(v, str):
+        try:
+            return float(v) if any(c in v.lower() for c in ".e") and not v.lower().startswith(("inf", "nan")) else v
+        except ValueError:
+            return v
+    return v
+
+
+PAPERMILL_INJECTED_HEADER = "# Parameters"
+
+
+def check_injected(declared, notebook: str = "this notebook") -> None:
+    """Refuse a parameter that papermill injected but the notebook does not declare.
+
+    papermill puts the ``-p`` values in a cell of its own that starts with ``# Parameters``;
+    under IPython its source is in the input history, so a misspelt ``predictionz`` is caught
+    here instead of silently diagnosing the bundled sample run. Outside IPython, or when no
+    parameters were injected (JupyterLab), this does nothing.
+    """
+    import ast
+    import difflib
+
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    history = ip.user_ns.get("In", []) if ip is not None else []
+    source = next((s for s in reversed(history) if s.lstrip().startswith(PAPERMILL_INJECTED_HEADER)), None)
+    if source is None:
+        return
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return
+    injected = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                if isinstance(t, ast.Name)]
+    declared = list(declared)
+    for name in injected:
+        if name not in declared:
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InputError(name, f"is not a parameter of {notebook}{hint}; its parameters are: "
+                                   f"{', '.join(declared)}")
 
 
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None) -> None:
