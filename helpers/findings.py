@@ -58,6 +58,28 @@ class Summary:
         self.parameters = dict(parameters)
         self.findings: dict[str, Finding] = {}
         self.metrics: dict[str, Any] = {}
+        self.inputs = input_files(self.parameters)
+
+    @property
+    def sample_run(self) -> bool:
+        """True when every input read is a file of the bundled sample runs."""
+        from .paths import is_sample
+
+        return bool(self.inputs) and all(is_sample(p) for p in self.inputs.values())
+
+    def describe_inputs(self) -> str:
+        """Which files this execution reads, and a loud line when they are the bundled sample run."""
+        from .paths import is_sample
+
+        lines = [f"{name}: {path}" + ("  [bundled sample]" if is_sample(path) else "")
+                 for name, path in self.inputs.items()]
+        samples = [name for name, path in self.inputs.items() if is_sample(path)]
+        if samples and not self.sample_run:
+            lines.append(f"note: {', '.join(samples)} still point at the bundled sample run")
+        if self.sample_run:
+            lines.append(">>> These are the BUNDLED SAMPLE RUN's files, not your run: override the parameters "
+                         "(papermill -p NAME FILE) to diagnose yours. <<<")
+        return "\n".join(["inputs read:"] + [f"  {line}" for line in lines]) if lines else "inputs read: none"
 
     def add(self, *findings: Finding) -> None:
         for f in findings:
@@ -68,17 +90,50 @@ class Summary:
             "notebook": self.notebook,
             "schema_version": SCHEMA_VERSION,
             "parameters": self.parameters,
+            "inputs": {k: str(v) for k, v in self.inputs.items()},
+            "sample_run": self.sample_run,
             "findings": {k: {kk: vv for kk, vv in asdict(f).items() if kk != "id"} for k, f in self.findings.items()},
             "metrics": self.metrics,
         })
 
     def write(self, output_dir: str | Path) -> Path:
+        """Write summary.json atomically: a crash never leaves a partial file that looks complete."""
+        import os
+        import tempfile
+
         path = Path(output_dir) / "summary.json"
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".summary.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     def table(self) -> pd.DataFrame:
         return verdict_table(self.findings.values())
+
+
+def input_files(parameters: dict[str, Any]) -> dict[str, Path]:
+    """The files that parameters name: {parameter (or parameter[i] in a list): resolved path}.
+
+    A string counts when it is an existing file, taken from the working directory first and
+    then from the repository root (as the loaders do); ``"file.py:function"`` counts its file.
+    """
+    from .paths import resolve_existing
+
+    out = {}
+    for name, value in parameters.items():
+        items = [(name, value)] if not isinstance(value, list | tuple) else [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        for key, v in items:
+            if isinstance(v, str) and v.strip() and name != "output_dir":
+                path = resolve_existing(v.rsplit(":", 1)[0] if v.count(":") == 1 and ".py:" in v else v)
+                if path is not None:
+                    out[key] = path
+    return out
 
 
 def verdict_table(findings) -> pd.DataFrame:

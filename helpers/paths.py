@@ -21,3 +21,17 @@ def output_dir_for(notebook: str, output_dir: str | Path = "") -> Path:
     out = out if out.is_absolute() else Path.cwd() / out
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def resolve_existing(value: str | Path) -> Path | None:
+    """The existing file ``value`` names, from the working directory first, then the repo root."""
+    path = Path(value).expanduser()
+    for candidate in ([path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def is_sample(path: str | Path) -> bool:
+    """True for a file inside ``data_samples/``, the bundled sample runs."""
+    return Path(path).resolve().is_relative_to(DATA_SAMPLES.resolve())

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from helpers.findings import Finding, Summary, jsonable, not_applicable, verdict_table
+from helpers.paths import DATA_SAMPLES
 
 
 def test_summary_schema_and_json(tmp_path):
@@ -15,6 +16,7 @@ def test_summary_schema_and_json(tmp_path):
     data = json.loads(s.write(tmp_path).read_text())
     assert data == {
         "notebook": "01_r2_gap", "schema_version": 1, "parameters": {"seed": 0, "path": "x"},
+        "inputs": {}, "sample_run": False,
         "findings": {
             "a": {"status": "detected", "severity": "critical", "message": "fix it", "evidence": {"value": 0.5, "arr": [0, 1]}},
             "b": {"status": "not_applicable", "severity": "info", "message": "no 'rank' column", "evidence": {}},
@@ -39,3 +41,20 @@ def test_verdict_table_orders_detected_and_severe_first():
     fs = [Finding("i", "not_detected", "info", "m"), Finding("w", "detected", "warning", "m"),
           Finding("c", "detected", "critical", "m"), Finding("n", "not_applicable", "info", "m")]
     assert list(verdict_table(fs)["finding"]) == ["c", "w", "i", "n"]
+
+
+def test_summary_names_its_inputs_and_says_when_they_are_the_sample(tmp_path, elsewhere):
+    from helpers.findings import Summary
+
+    sample = Summary("01_r2_gap", {"predictions": "data_samples/01_r2_gap/predictions.parquet", "reported": "",
+                                   "output_dir": "", "seed": 0})
+    assert sample.sample_run and "BUNDLED SAMPLE RUN" in sample.describe_inputs()
+    assert sample.to_dict()["inputs"] == {"predictions": str(DATA_SAMPLES / "01_r2_gap" / "predictions.parquet")}
+    (elsewhere / "mine.parquet").write_bytes(b"x")
+    (elsewhere / "fn.py").write_text("def f(): pass\n")
+    mine = Summary("02", {"embeddings": "mine.parquet", "fn": "fn.py:f", "output_dir": str(elsewhere),
+                          "compare": ["data_samples/02_encoder_variance/deterministic.npz", "missing.npz"]})
+    d = mine.to_dict()
+    assert not d["sample_run"] and set(d["inputs"]) == {"embeddings", "fn", "compare[0]"}
+    assert "compare[0] still point at the bundled sample run" in mine.describe_inputs()
+    assert "BUNDLED" not in mine.describe_inputs()

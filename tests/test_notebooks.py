@@ -49,6 +49,7 @@ def test_01_sample_run_from_another_directory(tmp_path, elsewhere):
         "unsynced_rank_metrics", "batch_averaged_r2", "explained_variance_as_r2",
         "sampler_padding_duplicates", "between_session_variance"}
     assert summary["metrics"]["reported_r2"] == 0.487
+    assert summary["sample_run"] and set(summary["inputs"]) == {"predictions", "reported"}
     assert abs(summary["metrics"]["pooled_r2"] - 0.3435) < 1e-3
     lab = summary["metrics"]["lab"]["r2_abs_error"]
     assert lab["exact: all-reduced sufficient statistics, duplicates removed"] < 1e-6
@@ -72,6 +73,7 @@ def test_01_on_a_new_clean_run_with_csv_and_no_channels(tmp_path, elsewhere):
                       tmp_path / "out", cwd=elsewhere)
     assert not [k for k, v in status(summary).items() if v == "detected"]
     assert "lab" not in summary["metrics"]
+    assert not summary["sample_run"] and summary["inputs"]["predictions"] == str(elsewhere / "preds.csv")
 
 
 def test_01_on_predictions_only(tmp_path, elsewhere, capfd):
