@@ -1,0 +1,207 @@
+"""The inverse model of notebook 03, its data, and its training loop (the mechanism lab; the simulator uses it too).
+
+Profiles are drawn under the nested constraints of the strain-profile
+parametrisation (:mod:`helpers.rocking_curve`), one parameter after the other::
+
+    Dmax1 ~ U(0.004, 0.03)          D01 ~ U(0.001, Dmax1)         (D01 <= Dmax1)
+    L1    ~ U(1500, 7000) Å         Rp1 ~ U(0, 0.7 L1)            (the peak lies inside the layer)
+    D02   ~ U(0.001, 0.03 - D01)                                  (D01 + D02 <= 0.03)
+    L2    ~ U(300, L1 / 2)          Rp2 ~ U(-L2, 0)
+
+Each step is uniform, the joint density is not: regions where a constraint
+squeezes a later parameter (D01 close to Dmax1 with a large Dmax1, D02 against
+its ceiling, thick second components) hold few samples. A measured curve is the
+forward model's log10 intensity with Poisson counting noise (:func:`measure`).
+
+:class:`InverseMLP` maps a curve to the seven parameters in their physical units;
+its input standardisation and output range are buffers, so a checkpoint's
+state_dict is all it needs (:func:`make_model` is the ``model_factory``). It is
+trained on the range-normalised parameters (MSE, the ``val_loss`` it logs) with a
+checkpoint every epoch. Training is seeded and single-threaded: same seed, same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import rocking_curve as rc
+from .training import FastAdam
+
+PARAM_NAMES = rc.PARAM_NAMES
+LOW = np.array([0.004, 0.001, 1500.0, 0.0, 0.001, 300.0, -3500.0])
+HIGH = np.array([0.03, 0.03, 7000.0, 4900.0, 0.029, 3500.0, 0.0])
+# the experiment: a profile close to several constraint edges at once (D01 near Dmax1, D01 + D02 near 0.03,
+# a deep peak, a thick second component)
+EXPERIMENT = np.array([0.0279, 0.0258, 6700.0, 4000.0, 0.0038, 2800.0, -2000.0])
+
+
+def sample_parameters(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 7) profiles under the nested constraints (see the module docstring)."""
+    u = rng.random((n, 7))
+    dmax = 0.004 + u[:, 0] * (0.03 - 0.004)
+    d01 = 0.001 + u[:, 1] * (dmax - 0.001)
+    l1 = 1500 + u[:, 2] * 5500
+    rp1 = u[:, 3] * 0.7 * l1
+    d02 = 0.001 + u[:, 4] * (0.03 - d01 - 0.001)
+    l2 = 300 + u[:, 5] * (l1 / 2 - 300)
+    rp2 = -u[:, 6] * l2
+    return np.stack([dmax, d01, l1, rp1, d02, l2, rp2], axis=1)
+
+
+def satisfies_constraints(p: np.ndarray) -> np.ndarray:
+    """Which rows of (n, 7) profiles obey the nested constraints."""
+    p = np.atleast_2d(p)
+    dmax, d01, l1, rp1, d02, l2, rp2 = p.T
+    return ((d01 <= dmax) & (d01 + d02 <= 0.03 + 1e-12) & (rp1 <= 0.7 * l1) & (l2 <= l1 / 2)
+            & (rp2 <= 0) & (rp2 >= -l2) & (p >= LOW).all(axis=1) & (p <= HIGH).all(axis=1))
+
+
+@contextlib.contextmanager
+def deterministic_torch(seed: int):
+    """Seeded, single-threaded torch inside the block (the thread count is restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class InverseConfig:
+    seed: int = 0  # seeds the data and the training (see ``train_seed``)
+    n_train: int = 1500
+    n_val: int = 300  # distinct validation profiles
+    repeats: int = 2  # noisy measurements of each validation profile
+    peak_counts: float = 1e5  # counts at relative intensity 1: Poisson noise, sd(log10 I) = 0.434 / sqrt(counts)
+    hidden: int = 32
+    dropout: float = 0.1
+    epochs: int = 30
+    batch: int = 64
+    lr: float = 3e-3
+    experiment: tuple = tuple(EXPERIMENT)
+
+
+@dataclass
+class Dataset:
+    train_x: np.ndarray
+    train_target: np.ndarray
+    val_x: np.ndarray
+    target: np.ndarray
+    repeat_id: np.ndarray
+    experiment_x: np.ndarray
+    experiment_target: np.ndarray
+
+
+def make_dataset(cfg: InverseConfig = InverseConfig()) -> Dataset:
+    """Training and validation curves (float32) of profiles drawn under the constraints; seeded."""
+    rng = np.random.default_rng(cfg.seed)
+    train_t = sample_parameters(cfg.n_train, rng)
+    val_t = sample_parameters(cfg.n_val, rng)
+    exp_t = np.asarray(cfg.experiment, dtype=np.float64)
+    with deterministic_torch(cfg.seed):
+        curves = rc.forward(torch.as_tensor(np.concatenate([train_t, val_t, exp_t[None]]), dtype=torch.float32)).numpy()
+    train_c, val_c, exp_c = curves[:cfg.n_train], curves[cfg.n_train:-1], curves[-1]
+    noisy = lambda c: measure(c, cfg.peak_counts, rng)  # noqa: E731
+    val_rep = np.repeat(val_c, cfg.repeats, axis=0)
+    return Dataset(noisy(train_c), train_t, noisy(val_rep), np.repeat(val_t, cfg.repeats, axis=0),
+                   np.repeat(np.arange(cfg.n_val), cfg.repeats), noisy(exp_c), exp_t)
+
+
+def measure(curves: np.ndarray, peak_counts: float, rng: np.random.Generator) -> np.ndarray:
+    """A measurement of log10 intensity curves: Poisson counting noise (normal approximation on the log scale,
+    sd = log10(e) / sqrt(counts)), so the weak tails are noisier than the peaks."""
+    counts = peak_counts * 10.0 ** np.asarray(curves, dtype=np.float64)
+    return (curves + np.log10(np.e) / np.sqrt(counts) * rng.standard_normal(np.shape(curves))).astype(np.float32)
+
+
+class InverseMLP(nn.Module):
+    """Curve (n, L) -> profile parameters (n, 7) in physical units.
+
+    ``normalised(x)`` is the network's own output (parameters mapped to [0, 1] by the
+    ranges ``p_low`` + ``p_span``), on which it is trained.
+    """
+
+    def __init__(self, n_inputs: int = rc.N_POINTS, hidden: int = 32, dropout: float = 0.1, n_outputs: int = 7):
+        super().__init__()
+        self.register_buffer("x_mean", torch.zeros(n_inputs))
+        self.register_buffer("x_std", torch.ones(n_inputs))
+        self.register_buffer("p_low", torch.zeros(n_outputs))
+        self.register_buffer("p_span", torch.ones(n_outputs))
+        self.net = nn.Sequential(nn.Linear(n_inputs, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_outputs))
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.x_mean) / self.x_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.p_low + self.p_span * self.normalised(x)
+
+
+def make_model() -> InverseMLP:
+    """The ``model_factory`` of the sample run: an untrained InverseMLP of the sample's shape."""
+    return InverseMLP()
+
+
+@dataclass
+class TrainedRun:
+    """Per-epoch outputs of one training run (epochs 1..E)."""
+
+    epoch: np.ndarray
+    val_loss: np.ndarray
+    train_loss: np.ndarray
+    pred: np.ndarray  # (E, N, 7) float32 predictions on the validation curves
+    experiment_pred: np.ndarray  # (E, 7)
+    state_dicts: list = field(default_factory=list, repr=False)
+
+
+def train(data: Dataset, cfg: InverseConfig = InverseConfig(), seed: int | None = None,
+          keep_state_dicts: bool = False) -> TrainedRun:
+    """Train an InverseMLP with a checkpoint (predictions, val loss, optionally the weights) after every epoch."""
+    seed = cfg.seed if seed is None else seed
+    xt, yt = torch.as_tensor(data.train_x), torch.as_tensor(data.train_target, dtype=torch.float32)
+    xv, yv = torch.as_tensor(data.val_x), torch.as_tensor(data.target, dtype=torch.float32)
+    xe = torch.as_tensor(data.experiment_x)[None]
+    low, span = torch.as_tensor(LOW, dtype=torch.float32), torch.as_tensor(HIGH - LOW, dtype=torch.float32)
+    epochs, val_loss, train_loss, preds, exp_preds, states = [], [], [], [], [], []
+    with deterministic_torch(seed):
+        g = torch.Generator().manual_seed(seed + 1)
+        model = InverseMLP(xt.shape[1], cfg.hidden, cfg.dropout)
+        model.x_mean.copy_(xt.mean(0))
+        model.x_std.copy_(xt.std(0).clamp(min=1e-6))
+        model.p_low.copy_(low)
+        model.p_span.copy_(span)
+        opt = FastAdam(model.net.parameters(), lr=cfg.lr)
+        for e in range(1, cfg.epochs + 1):
+            model.train()
+            order = torch.randperm(len(xt), generator=g)
+            total = 0.0
+            for s in range(0, len(xt), cfg.batch):
+                idx = order[s:s + cfg.batch]
+                loss = ((model.normalised(xt[idx]) - (yt[idx] - low) / span) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            model.eval()
+            with torch.no_grad():
+                val_loss.append(float(((model.normalised(xv) - (yv - low) / span) ** 2).mean()))
+                preds.append(model(xv).numpy())
+                exp_preds.append(model(xe).numpy()[0])
+            epochs.append(e)
+            train_loss.append(total / len(xt))
+            if keep_state_dicts:
+                states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return TrainedRun(np.array(epochs), np.array(val_loss), np.array(train_loss), np.stack(preds).astype(np.float32),
+                      np.stack(exp_preds).astype(np.float32), states)
+
+
+def with_seed(seed: int, **changes) -> InverseConfig:
+    """A configuration for a run that is not the sample (another seed, other sizes)."""
+    return replace(InverseConfig(), seed=seed, **changes)
