@@ -284,12 +284,13 @@ def reweighted_metrics(values: pd.Series, weights: pd.Series, tiers: pd.Series |
 
     ``values``, ``weights`` (and ``tiers``) are indexed by group; groups with a NaN value are skipped.
     """
+    weights = weights.reindex(values.index)  # align by group, whatever the order
     ok = values.notna() & weights.notna()
     v, w = values[ok].astype(float), weights[ok].astype(float)
     out = {"row_weighted": float(np.average(v, weights=w)) if w.sum() > 0 else np.nan,
            "macro": float(v.mean()) if len(v) else np.nan, "tier_balanced": np.nan, "per_tier": {}}
     if tiers is not None and len(v):
-        t = tiers[ok]
+        t = tiers.reindex(v.index)
         per_tier = v.groupby(t).mean()
         out["per_tier"] = {str(k): float(x) for k, x in per_tier.items()}
         out["tier_balanced"] = float(per_tier.mean())

@@ -94,7 +94,7 @@ def test_row_weighted_metric_of_group_mses_is_sklearns_overall_mse():
     per = pd.Series({k: mean_squared_error(y[g == k], p[g == k]) for k in np.unique(g)})
     w = pd.Series({k: (g == k).mean() for k in np.unique(g)})
     tiers = pd.Series({"a": "hard", "b": "hard", "c": "easy", "d": "easy"})
-    m = lk.reweighted_metrics(per, w, tiers)
+    m = lk.reweighted_metrics(per, w[::-1], tiers)  # aligned by group, not by position
     assert m["row_weighted"] == pytest.approx(mean_squared_error(y, p))
     assert m["macro"] == pytest.approx(per.mean())
     assert m["tier_balanced"] == pytest.approx(np.mean([per[["a", "b"]].mean(), per[["c", "d"]].mean()]))

@@ -1,0 +1,185 @@
+"""Notebook 05's findings on runs that are not the sample run: real data split cleanly or leakily,
+runs without parent ids or groups, and bad inputs."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import datasets
+from sklearn.linear_model import Ridge
+from sklearn.metrics import mean_squared_error
+from sklearn.model_selection import train_test_split
+
+from helpers import augmentation_leakage as al
+from helpers.io import InputError
+
+SAMPLE = "data_samples/05_augmentation_leakage/"
+
+
+def params(**kw):
+    p = dict(samples="", feature_columns=[], declared_copies="", group_metrics="", baseline_run="baseline",
+             train_loss=math.nan, val_loss=math.nan, output_dir="", run_demos=False, seed=0)
+    return {**p, **kw}
+
+
+def statuses(path, **kw):
+    p, run = al.load_inputs(params(samples=str(path), **kw))
+    d = al.diagnose(run, seed=0)
+    return {f.id: f for f in al.findings(d)}, d
+
+
+def diabetes_frame(copies=0, noise=0.0, seed=0):
+    """Diabetes rows (plus noisy copies made *before* the split when ``copies`` > 0), split row-wise."""
+    data = datasets.load_diabetes(as_frame=True)
+    df = data.frame.rename(columns={"target": "target"})
+    df["group"] = np.where(df["sex"] > 0, "m", "f")
+    df["parent_id"] = np.arange(len(df))
+    df["is_augmented"] = 0
+    rng = np.random.default_rng(seed)
+    feats = list(data.feature_names)
+    if copies:
+        cp = df.loc[df.index.repeat(copies)].copy()
+        cp[feats] = cp[feats] * (1 + rng.normal(0, noise, (len(cp), len(feats))))
+        cp["is_augmented"] = 1
+        df = pd.concat([df, cp], ignore_index=True)
+    df["split"] = np.where(rng.random(len(df)) < 0.2, "val", "train")
+    return df, feats
+
+
+def with_losses(df, feats):
+    tr, va = df[df.split == "train"], df[df.split == "val"]
+    m = Ridge(alpha=1.0).fit(tr[feats], tr["target"])
+    return {"train_loss": float(mean_squared_error(tr["target"], m.predict(tr[feats]))),
+            "val_loss": float(mean_squared_error(va["target"], m.predict(va[feats])))}
+
+
+def test_real_data_split_cleanly_detects_nothing(tmp_path):
+    df, feats = diabetes_frame()
+    df.to_parquet(tmp_path / "s.parquet")
+    found, d = statuses(tmp_path / "s.parquet", **with_losses(df, feats))
+    st = {k: f.status for k, f in found.items()}
+    assert [k for k, v in st.items() if v == "detected"] == [], st
+    assert st["parent_leakage"] == st["near_duplicate_leakage"] == st["val_composition_imbalance"] == "not_detected"
+    assert st["suspicious_train_val_gap"] == "not_detected"
+    assert st["augmentation_mismatch"] == "not_applicable"  # no declared copies
+    assert d.run.features == feats  # reserved and non-numeric columns are not features
+
+
+@pytest.mark.parametrize("noise", [0.02, 0.05])
+def test_real_data_augmented_before_the_split_is_caught_also_with_more_noise(tmp_path, noise):
+    df, feats = diabetes_frame(copies=5, noise=noise)
+    df.to_csv(tmp_path / "s.csv", index=False)
+    (tmp_path / "declared.json").write_text(json.dumps({"m": 1, "f": 1}))
+    found, d = statuses(tmp_path / "s.csv", declared_copies=str(tmp_path / "declared.json"), **with_losses(df, feats))
+    assert found["parent_leakage"].detected and found["near_duplicate_leakage"].detected
+    truth = d.parent[0]["leaked_share"]
+    assert abs(d.scan.leaked_share - truth) < 0.05
+    assert found["augmentation_mismatch"].detected
+    assert d.copies["copies_per_original"].tolist() == [5.0, 5.0]
+
+
+def test_natural_repeats_found_from_features_alone_without_parents_or_groups(tmp_path):
+    x = datasets.load_wine().data
+    rng = np.random.default_rng(1)
+    rows = np.vstack([x, x[rng.choice(len(x), 40, replace=False)]])
+    df = pd.DataFrame(rows, columns=[f"f{i}" for i in range(x.shape[1])])
+    df["split"] = np.where(rng.random(len(df)) < 0.3, "val", "train")
+    df.to_parquet(tmp_path / "s.parquet")
+    found, d = statuses(tmp_path / "s.parquet")
+    assert found["near_duplicate_leakage"].detected and d.scan.n_exact_duplicate_rows == 40
+    for fid, col in (("parent_leakage", "'parent_id'"), ("augmentation_mismatch", "'group'"),
+                     ("val_composition_imbalance", "'group'"), ("suspicious_train_val_gap", "'target'")):
+        assert found[fid].status == "not_applicable" and col in found[fid].message, fid
+    assert found["group_degradation"].status == "not_applicable"
+
+
+def test_clean_real_data_without_parents_or_groups(tmp_path):
+    x = datasets.load_breast_cancer().data
+    df = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])
+    tr, va = train_test_split(np.arange(len(df)), test_size=0.2, random_state=0)
+    df["split"] = "train"
+    df.loc[va, "split"] = "val"
+    df.to_parquet(tmp_path / "s.parquet")
+    found, _ = statuses(tmp_path / "s.parquet")
+    assert found["near_duplicate_leakage"].status == "not_detected"
+    assert {f.status for k, f in found.items() if k != "near_duplicate_leakage"} == {"not_applicable"}
+
+
+def test_group_metrics_degradation_and_reweighting(tmp_path):
+    df, feats = diabetes_frame()
+    df["tier"] = np.where(df["group"] == "m", "hard", "easy")
+    df.to_parquet(tmp_path / "s.parquet")
+    gm = pd.DataFrame({"group": ["m", "f", "m", "f"], "run": ["new", "new", "baseline", "baseline"],
+                       "value": [0.2, 0.9, 0.5, 0.3]})
+    gm.to_csv(tmp_path / "gm.csv", index=False)
+    found, d = statuses(tmp_path / "s.parquet", group_metrics=str(tmp_path / "gm.csv"))
+    assert found["group_degradation"].detected and "f 3.0x" in found["group_degradation"].message
+    val = df[df.split == "val"]
+    w = val["group"].value_counts(normalize=True)
+    assert d.weighted["this"]["row_weighted"] == pytest.approx(0.2 * w["m"] + 0.9 * w["f"])
+    assert d.weighted["this"]["macro"] == pytest.approx(0.55)
+    assert d.weighted["this"]["tier_balanced"] == pytest.approx(0.55)
+
+
+def test_sample_companions_are_ignored_for_another_run(tmp_path):
+    df, _ = diabetes_frame()
+    df.to_parquet(tmp_path / "s.parquet")
+    losses = json.loads(open(al.SAMPLE_DIR / "losses.json").read())
+    p, run = al.load_inputs(params(samples=str(tmp_path / "s.parquet"), declared_copies=SAMPLE + "declared_copies.json",
+                                   group_metrics=SAMPLE + "group_metrics.csv", **losses))
+    assert run.declared is None and run.group_metrics is None and math.isnan(run.train_loss)
+    assert "ignored the sample run's" in al.describe_inputs(run)
+
+
+def test_the_sample_run_is_announced_and_its_numbers_reconcile():
+    losses = json.loads(open(al.SAMPLE_DIR / "losses.json").read())
+    p, run = al.load_inputs(params(samples=SAMPLE + "samples.parquet", feature_columns="[]",
+                                   declared_copies=SAMPLE + "declared_copies.json",
+                                   group_metrics=SAMPLE + "group_metrics.csv", baseline_run="baseline", **losses))
+    assert "BUNDLED SAMPLE RUN" in al.describe_inputs(run)
+    d = al.diagnose(run)
+    # the per-group values weighted by validation rows give back the logged val loss (4-decimal rounding)
+    assert d.weighted["this"]["row_weighted"] == pytest.approx(losses["val_loss"], abs=1e-3)
+    assert all(f.detected for f in al.findings(d))
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def _files(d):
+    df, feats = diabetes_frame()
+    df.to_parquet(d / "ok.parquet")
+    df.assign(split=df["split"].replace("val", "validation")).to_parquet(d / "split.parquet")
+    bad = df.copy()
+    bad.loc[3, "bmi"] = np.nan
+    bad.to_parquet(d / "nan.parquet")
+    df[df.split == "train"].to_parquet(d / "noval.parquet")
+    (d / "declared.json").write_text(json.dumps({"x": 2}))
+    pd.DataFrame({"group": ["m"], "run": ["a"], "value": [0.1]}).to_csv(d / "gm.csv", index=False)
+
+
+@pytest.mark.parametrize("kw, expected", [
+    (dict(samples="missing.parquet"), "samples: "),
+    (dict(samples="split.parquet"), "column 'split' has value 'validation'"),
+    (dict(samples="nan.parquet"), "column 'bmi' has 1 NaN/inf values"),
+    (dict(samples="noval.parquet"), "no rows with split == 'val'"),
+    (dict(feature_columns="[bmi, nope]"), "feature column 'nope' not found"),
+    (dict(feature_columns="{a: 1}"), "feature_columns: expected a list"),
+    (dict(feature_columns=["bmi", "target"]), "'target' is a reserved column"),
+    (dict(declared_copies="declared.json"), "group 'x' is not in the samples"),
+    (dict(group_metrics="gm.csv"), "no rows with run == 'baseline'"),
+    (dict(train_loss=-1.0), "train_loss: must be in [0.0, inf]"),
+    (dict(seed=True), "seed: expected an integer"),
+])
+def test_bad_inputs_raise_one_line(tmp_path, monkeypatch, kw, expected):
+    _files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as e:
+        al.load_inputs(params(**{"samples": "ok.parquet", **kw}))
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_feature_columns_as_text():
+    p = al.check_parameters(params(feature_columns="[bmi, bp]"))
+    assert p["feature_columns"] == ["bmi", "bp"]
+    assert al.check_parameters(params(feature_columns=""))["feature_columns"] == []
