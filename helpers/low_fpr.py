@@ -121,9 +121,16 @@ def metric(c: Curve, key: tuple[str, str, float]) -> float:
     return tpr_at_fpr(c.fpr, c.tpr, value) if rate == "tpr" else fpr_at_tpr(c.fpr, c.tpr, value)
 
 
+def rate_str(x: float) -> str:
+    """A rate as metric keys print it: 1e-4, 0.001, 0.5."""
+    mant, _, exp = f"{x:e}".partition("e")
+    mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}e{int(exp)}" if int(exp) <= -4 else f"{x:g}"
+
+
 def metric_name(key: tuple[str, str, float]) -> str:
     rate, at, value = key
-    return f"{rate}@{at}{value:g}"
+    return f"{rate}@{at}{rate_str(value)}"
 
 
 # --------------------------------------------------------------------------- ties
@@ -158,7 +165,7 @@ def tie_audit(c: Curve, fpr_targets: Sequence[float]) -> dict:
     }
     for t in fpr_targets:
         op = operating_point(c, t)
-        name = f"{t:g}"
+        name = rate_str(t)
         out[f"allowed@fpr{name}"] = op["allowed_negatives"]
         out[f"tpr@fpr{name}"] = op["tpr"]
         out[f"tpr_tie_order_max@fpr{name}"] = op["tpr_tie_order_max"]
@@ -203,20 +210,22 @@ def largest_below_one(dtype: str) -> float:
 
 
 def infer_score_dtype(scores) -> str:
-    """The narrowest float dtype that holds every score exactly (bfloat16, float16, float32, float64)."""
+    """The narrowest float dtype whose values the scores are (bfloat16, float16, float32, float64).
+
+    bfloat16/float16 are judged on the scores rounded to float32, so a table written as
+    text (float32 printed in shortest form) still shows the dtype the sigmoid ran in.
+    """
     import torch
 
     s = np.asarray(scores, dtype=np.float64)
     if not len(s):
         return "float64"
     s32 = s.astype(np.float32)
-    if not np.array_equal(s32.astype(np.float64), s):
-        return "float64"
     t = torch.from_numpy(s32)
     for name in ("bfloat16", "float16"):
         if torch.equal(t.to(getattr(torch, name)).float(), t):
             return name
-    return "float32"
+    return "float32" if np.array_equal(s32.astype(np.float64), s) else "float64"
 
 
 def sigmoid_in(logits, dtype: str) -> np.ndarray:
@@ -281,11 +290,11 @@ def resolution(c: Curve, fpr_targets: Sequence[float], tpr_targets: Sequence[flo
     rows = []
     for t in fpr_targets:
         a = c.allowed(t)
-        rows.append({"metric": f"tpr@fpr{t:g}", "target": t, "negatives_defining": a,
+        rows.append({"metric": f"tpr@fpr{rate_str(t)}", "target": t, "negatives_defining": a,
                      "smallest_step": 1 / c.n_neg, "value": tpr_at_fpr(c.fpr, c.tpr, t)})
     for t in tpr_targets:
         v = fpr_at_tpr(c.fpr, c.tpr, t)
-        rows.append({"metric": f"fpr@tpr{t:g}", "target": t,
+        rows.append({"metric": f"fpr@tpr{rate_str(t)}", "target": t,
                      "negatives_defining": int(round(v * c.n_neg)) if np.isfinite(v) else -1,
                      "smallest_step": 1 / c.n_neg, "value": v})
     return pd.DataFrame(rows)
@@ -357,9 +366,9 @@ def compare_roc_function(fn: Callable, scores, labels, fpr_targets: Sequence[flo
         return row
     diffs = {}
     for t in fpr_targets:
-        diffs[f"tpr@fpr{t:g}"] = (tpr_at_fpr(fpr, tpr, t), tpr_at_fpr(ref[0], ref[1], t))
+        diffs[f"tpr@fpr{rate_str(t)}"] = (tpr_at_fpr(fpr, tpr, t), tpr_at_fpr(ref[0], ref[1], t))
     for t in tpr_targets:
-        diffs[f"fpr@tpr{t:g}"] = (fpr_at_tpr(fpr, tpr, t), fpr_at_tpr(ref[0], ref[1], t))
+        diffs[f"fpr@tpr{rate_str(t)}"] = (fpr_at_tpr(fpr, tpr, t), fpr_at_tpr(ref[0], ref[1], t))
     order = np.lexsort((tpr, fpr))
     diffs["auc"] = (float(np.trapezoid(tpr[order], fpr[order])) if np.isfinite(fpr).all() else np.nan,
                     float(auc(ref[0], ref[1])))

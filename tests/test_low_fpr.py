@@ -88,9 +88,9 @@ def test_tie_audit_top_block_and_tie_order_bounds():
     c = lf.curve(y, s)
     a = lf.tie_audit(c, [1e-4, 1e-3])
     assert a["negatives_at_top"] == 10 and a["positives_at_top"] == 80 and a["top_score"] == 1.0
-    assert a["allowed@fpr0.0001"] == 6 and a["tie_blocks_cliff@fpr0.0001"]
-    assert a["tpr@fpr0.0001"] == 0.0 == brute(y, s, fpr_target=1e-4)
-    assert a["tpr_tie_order_max@fpr0.0001"] == pytest.approx(0.8)  # positives first in the tie
+    assert a["allowed@fpr1e-4"] == 6 and a["tie_blocks_cliff@fpr1e-4"]
+    assert a["tpr@fpr1e-4"] == 0.0 == brute(y, s, fpr_target=1e-4)
+    assert a["tpr_tie_order_max@fpr1e-4"] == pytest.approx(0.8)  # positives first in the tie
     assert not a["tie_blocks_cliff@fpr0.001"] and a["tpr@fpr0.001"] == pytest.approx(brute(y, s, fpr_target=1e-3))
     assert a["tie_gap@fpr0.001"] == pytest.approx(0.0)
 

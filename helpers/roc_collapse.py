@@ -1,0 +1,661 @@
+"""The diagnosis behind notebook 04: why tpr@fpr falls off a cliff.
+
+The statistics live in :mod:`helpers.low_fpr` (ROC at low FPR, ties, bootstrap,
+ROC-function audit) and :mod:`helpers.loader_audit` (what the loader yielded);
+this module turns a run's files into those measurements and the findings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import loader_audit as la
+from . import low_fpr as lf
+from .findings import Finding, not_applicable
+from .io import InputError, load_history, load_table, parse_metric_key, resolve_path
+
+NOTEBOOK = "04_roc_collapse"
+PARAMETER_TYPES = {
+    "history": str, "scores": str, "fpr_targets": list, "tpr_targets": list, "seen_ids": str, "roc_function": str,
+    "n_bootstrap": int, "output_dir": str, "run_demos": bool, "seed": int,
+}
+# score_saturation_ties: the share of positives whose side of the threshold is decided by tie order
+TIE_GAP = 0.05
+# too_few_negatives: fewer negatives than this define the threshold, or a bootstrap interval wider than this
+MIN_NEGATIVES = 10
+MAX_CI_WIDTH = 0.10
+# logits_recover_ranking: tpr@fpr on logits exceeds the value on scores by this much
+RECOVERY = 0.05
+# late_collapse: the last epoch's tpr@fpr below the best epoch's interval and by at least this much
+COLLAPSE = 0.02
+PATIENCE = 2  # early stopping on partial AUC
+TAIL_SHARE = 0.01  # paired_control_shortcut: the top 1% of negatives
+PAIR_ALPHA = 0.01
+WORKER_REPEAT_SHARE = 0.01
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass
+class RunInputs:
+    scores: pd.DataFrame
+    history: pd.DataFrame | None
+    seen: pd.DataFrame | None
+    roc_function: Callable | None
+    files: dict[str, str]
+
+    @property
+    def has_logits(self) -> bool:
+        return "logit" in self.scores.columns
+
+    @property
+    def has_scores(self) -> bool:
+        return "score" in self.scores.columns
+
+
+def parse_targets(name: str, value, allow_empty: bool = False) -> list[float]:
+    """A list of rates in (0, 1); a string holding a YAML/JSON list is parsed (papermill -p passes text)."""
+    import yaml
+
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise InputError(name, f"cannot parse {value!r} as a list ({str(exc).splitlines()[0]})") from None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]
+    if not isinstance(value, list | tuple):
+        raise InputError(name, f"expected a list of rates like [1e-4, 1e-3], got {value!r}")
+    if not value and not allow_empty:
+        raise InputError(name, "needs at least one rate")
+    out = []
+    for v in value:
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise InputError(name, f"expected numbers, got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v < 1):
+            raise InputError(name, f"every rate must be a number in (0, 1), got {v!r}")
+        out.append(float(v))
+    return sorted(set(out))
+
+
+def load_scores(param: str, value) -> pd.DataFrame:
+    """The per-epoch scores table: epoch, label, score and/or logit; optional pair_id, sample_id."""
+    path = resolve_path(param, value, (".parquet", ".csv"))
+    head = pd.read_parquet(path).columns if path.suffix == ".parquet" else pd.read_csv(path, nrows=0).columns
+    if "score" not in head and "logit" not in head:
+        raise InputError(param, f"needs a 'score' or a 'logit' column (found: {', '.join(map(str, head[:12]))})", path)
+    optional = {"score": "float", "logit": "float", "sample_id": "key"}
+    df = load_table(param, path, {"epoch": "int", "label": "binary"}, optional)
+    if "pair_id" in df.columns:
+        pid = pd.to_numeric(df["pair_id"], errors="coerce")
+        if pid.isna().all() and df["pair_id"].notna().any():
+            raise InputError(param, "column 'pair_id' must hold integers (missing or negative: unpaired)", path)
+        df["pair_id"] = pid.fillna(-1).astype(np.int64)
+    counts = df.groupby("epoch")["label"].agg(["sum", "size"])
+    for e, r in counts.iterrows():
+        if r["sum"] == 0 or r["sum"] == r["size"]:
+            what = "positives" if r["sum"] == 0 else "negatives"
+            raise InputError(param, f"epoch {e} has no {what}: the ROC needs both classes", path)
+    if "sample_id" in df.columns and df.duplicated(["epoch", "sample_id"]).any():
+        raise InputError(param, "a sample_id appears twice in one epoch", path)
+    return df.sort_values("epoch", kind="stable").reset_index(drop=True)
+
+
+def load_inputs(params: Mapping) -> tuple[dict, RunInputs]:
+    """Check the notebook's parameters and load its files: (parameters, inputs).
+
+    Raises :class:`~helpers.io.InputError` (one line: parameter, file, problem) on any mistake.
+    """
+    from .params import check_range, check_types, load_callable
+
+    p = dict(params)
+    for name, empty_ok in (("fpr_targets", False), ("tpr_targets", True)):
+        if name in p:
+            p[name] = parse_targets(name, p[name], allow_empty=empty_ok)
+    p = check_types(p, PARAMETER_TYPES)
+    check_range("n_bootstrap", p["n_bootstrap"], 100, 100_000)
+    check_range("seed", p["seed"], 0, None)
+    scores = load_scores("scores", p["scores"])
+    history = load_history("history", p["history"]) if p["history"].strip() else None
+    seen = None
+    if p["seen_ids"].strip():
+        seen = load_table("seen_ids", p["seen_ids"], {"epoch": "int", "sample_id": "key"},
+                          {"rank": "int", "worker": "int"})
+    fn = load_callable("roc_function", p["roc_function"]) if p["roc_function"].strip() else None
+    files = {"scores": str(resolve_path("scores", p["scores"]))}
+    if history is not None:
+        files["history"] = str(_resolved(p["history"]))
+    if seen is not None:
+        files["seen_ids"] = str(resolve_path("seen_ids", p["seen_ids"]))
+    if fn is not None:
+        files["roc_function"] = p["roc_function"]
+    return p, RunInputs(scores, history, seen, fn, files)
+
+
+def _resolved(value: str) -> Path:
+    from .paths import REPO_ROOT
+
+    path = Path(value).expanduser()
+    return next((c for c in ([path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]) if c.exists()),
+                path).resolve()
+
+
+def describe_inputs(inputs: RunInputs) -> str:
+    """Which files were read, and loudly whether they are the bundled sample run."""
+    from .paths import DATA_SAMPLES
+
+    lines = []
+    sample = False
+    for k, v in inputs.files.items():
+        path = Path(v.rpartition(":")[0] if k == "roc_function" and v.count(":") else v)
+        in_samples = path.is_absolute() and DATA_SAMPLES in path.resolve().parents
+        sample |= in_samples and k == "scores"
+        lines.append(f"{k}: {v}")
+    head = ("*** THE BUNDLED SAMPLE RUN (data_samples/04_roc_collapse): set the parameters to diagnose your own run ***"
+            if sample else "diagnosing your run:")
+    return "\n".join([head, *lines])
+
+
+# --------------------------------------------------------------------------- measurements
+@dataclass
+class Diagnosis:
+    """Everything notebook 04 measures on a run."""
+
+    fpr_targets: list[float]
+    tpr_targets: list[float]
+    epochs: list[int]
+    n_pos: int
+    n_neg: int
+    score_dtype: str | None
+    saturation: dict  # dtype -> saturation logit
+    audit: pd.DataFrame  # tie audit per epoch (on scores, or logits when no scores)
+    values: pd.DataFrame  # epoch x (source, metric) values, long
+    bootstrap: pd.DataFrame
+    comparison: pd.DataFrame | None
+    logit_audit: pd.DataFrame | None = None
+    roc_cases: pd.DataFrame | None = None
+    roc_run: pd.DataFrame | None = None
+    loader: dict | None = None
+    loader_epochs: pd.DataFrame | None = None
+    loader_sources: pd.DataFrame | None = None
+    paired: dict | None = None
+    paired_reason: str = ""
+    collapse: dict = field(default_factory=dict)
+    history_keys: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
+
+    def value(self, source: str, metric: str) -> pd.Series:
+        v = self.values[(self.values["source"] == source) & (self.values["metric"] == metric)]
+        return v.set_index("epoch")["value"]
+
+
+def _metric_keys(fpr_targets, tpr_targets, history: pd.DataFrame | None) -> list[tuple[str, str, float]]:
+    keys = [("tpr", "fpr", t) for t in fpr_targets] + [("fpr", "tpr", t) for t in tpr_targets]
+    if history is not None:
+        keys += [parse_metric_key(c) for c in history.columns if parse_metric_key(c)]
+    return list(dict.fromkeys(keys))
+
+
+def _epoch_measure(y, s, keys, fpr_targets, n_boot, seed, source) -> tuple[list, dict, list]:
+    c = lf.curve(y, s)
+    rows = [{"source": source, "metric": lf.metric_name(k), "value": lf.metric(c, k)} for k in keys]
+    rows += [{"source": source, "metric": f"pauc@fpr{lf.rate_str(t)}", "value": lf.partial_auc(c, t)} for t in fpr_targets]
+    audit = lf.tie_audit(c, fpr_targets)
+    boots = []
+    for t in fpr_targets:
+        b = lf.bootstrap_tpr_at_fpr(c, t, n_boot=n_boot, seed=seed)
+        boots.append({"source": source, "fpr_target": t, "tpr": b["tpr"], "low": b["low"], "high": b["high"],
+                      "allowed_negatives": b["allowed_negatives"]})
+    return rows, audit, boots
+
+
+def diagnose(inputs: RunInputs, fpr_targets=(1e-4, 1e-3), tpr_targets=(0.5, 0.85), n_boot: int = 1000,
+             seed: int = 0) -> Diagnosis:
+    """All measurements of notebook 04."""
+    df = inputs.scores
+    fpr_targets, tpr_targets = list(fpr_targets), list(tpr_targets)
+    keys = _metric_keys(fpr_targets, tpr_targets, inputs.history)
+    sources = [s for s, ok in (("score", inputs.has_scores), ("logit", inputs.has_logits)) if ok]
+    values, audits, logit_audits, boots = [], [], [], []
+    epochs = sorted(df["epoch"].unique().tolist())
+    for e, g in df.groupby("epoch", sort=True):
+        y = g["label"].to_numpy()
+        for src in sources:
+            s = g[src].to_numpy()
+            rows, audit, b = _epoch_measure(y, s, keys, fpr_targets, n_boot, seed + int(e), src)
+            values += [{"epoch": int(e), **r} for r in rows]
+            boots += [{"epoch": int(e), **r} for r in b]
+            audit = {"epoch": int(e), **audit}
+            if src == sources[0]:
+                if src == "score":
+                    audit["score_dtype"] = lf.infer_score_dtype(s)
+                    audit["share_scores_at_one"] = float((s == 1.0).mean())
+                audits.append(audit)
+            else:
+                logit_audits.append(audit)
+    last = df[df["epoch"] == epochs[-1]]
+    n_pos, n_neg = int(last["label"].sum()), int(len(last) - last["label"].sum())
+    audit = pd.DataFrame(audits)
+    score_dtype = None
+    if inputs.has_scores:
+        dtypes = audit["score_dtype"]
+        score_dtype = max(dtypes, key=lambda d: lf.FLOAT_DTYPES.index(d))  # the widest seen
+    saturation = {d: lf.saturation_logit(d) for d in ("bfloat16", "float16", "float32")}
+    d = Diagnosis(fpr_targets, tpr_targets, epochs, n_pos, n_neg, score_dtype, saturation, audit,
+                  pd.DataFrame(values), pd.DataFrame(boots), None,
+                  pd.DataFrame(logit_audits) if logit_audits else None, sources=sources,
+                  history_keys=[k for k in keys if inputs.history is not None
+                                and any(parse_metric_key(c) == k for c in inputs.history.columns)])
+    if inputs.history is not None:
+        d.comparison = compare_history(d, inputs.history)
+    if inputs.roc_function is not None:
+        d.roc_cases = lf.audit_roc_function(inputs.roc_function, fpr_targets, tpr_targets, seed=seed)
+        d.roc_run = audit_on_run(inputs.roc_function, df, fpr_targets, tpr_targets, sources[0])
+    if inputs.seen is not None:
+        d.loader = la.summary(inputs.seen)
+        d.loader_epochs = la.multiplicity(inputs.seen)
+        d.loader_sources = la.by_source(inputs.seen)
+    d.paired, d.paired_reason = paired_controls(df, sources[-1])
+    d.collapse = late_collapse(d)
+    return d
+
+
+def _tolerance(x: float) -> float:
+    """Half a unit of the last printed digit (at least 5e-5 for values printed with 0-1 decimals)."""
+    text = repr(float(x))
+    if "e" in text:
+        mant, _, exp = text.partition("e")
+        decimals = max(len(mant.partition(".")[2]) - int(exp), 0)
+    else:
+        decimals = len(text.partition(".")[2].rstrip("0"))
+    return 0.5 * 10.0 ** -decimals if decimals >= 2 else 5e-5
+
+
+def compare_history(d: Diagnosis, history: pd.DataFrame) -> pd.DataFrame:
+    """Logged metrics side by side with their recomputation from the scores (and logits)."""
+    rows = []
+    hist = history.set_index("epoch")
+    for col in history.columns:
+        key = parse_metric_key(col)
+        if key is None:
+            continue
+        name = lf.metric_name(key)
+        for e, logged in hist[col].items():
+            if e not in d.epochs:
+                rows.append({"epoch": e, "metric": name, "logged": logged, "status": "no scores for this epoch"})
+                continue
+            if not np.isfinite(logged):
+                rows.append({"epoch": e, "metric": name, "logged": np.nan, "status": "not logged"})
+                continue
+            row = {"epoch": e, "metric": name, "logged": float(logged)}
+            for src in d.sources:
+                row[f"recomputed_{src}"] = float(d.value(src, name).get(e, np.nan))
+            ref = row[f"recomputed_{d.sources[0]}"]
+            row["difference"] = row["logged"] - ref
+            row["status"] = "matches" if abs(row["difference"]) <= _tolerance(logged) + 1e-9 else "differs"
+            if key[0] == "tpr":
+                a = d.audit.set_index("epoch").loc[e]
+                tie_max = a.get(f"tpr_tie_order_max@fpr{lf.rate_str(key[2])}")
+                if tie_max is not None and not pd.isna(tie_max):
+                    row["tpr_tie_order_max"] = float(tie_max)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def audit_on_run(fn: Callable, df: pd.DataFrame, fpr_targets, tpr_targets, source: str) -> pd.DataFrame:
+    """The user's ROC function on the run's own scores, rows as given and in reverse order."""
+    rows = []
+    for e, g in df.groupby("epoch", sort=True):
+        s, y = g[source].to_numpy(), g["label"].to_numpy()
+        for order, idx in (("as given", slice(None)), ("rows reversed", slice(None, None, -1))):
+            r = lf.compare_roc_function(fn, s[idx], y[idx], fpr_targets, tpr_targets, tolerance=1e-9)
+            vals = r.pop("values", {})
+            rows.append({"epoch": int(e), "row order": order, **{k: v for k, v in r.items()},
+                         **{f"yours {k}": v[0] for k, v in vals.items() if k != "auc"},
+                         **{f"sklearn {k}": v[1] for k, v in vals.items() if k != "auc"}})
+    return pd.DataFrame(rows)
+
+
+def paired_controls(df: pd.DataFrame, source: str) -> tuple[dict | None, str]:
+    """Do paired controls (negatives sharing a positive's pair_id) reach the top negatives' tail
+    more, or less, than unpaired negatives? Fisher's exact test on the last epoch, ranked by ``source``."""
+    from scipy.stats import fisher_exact
+    from sklearn.metrics import roc_auc_score
+
+    if "pair_id" not in df.columns:
+        return None, ("The scores have no 'pair_id' column: give each lens and its own control the same pair_id "
+                      "(unpaired negatives -1) and include negatives that are not controls of a lens, then the "
+                      "tail rates of the two kinds of negatives can be compared.")
+    last = df[df["epoch"] == df["epoch"].max()]
+    pos_pairs = set(last.loc[last["label"] == 1, "pair_id"][lambda s: s >= 0])
+    neg = last[last["label"] == 0]
+    paired = neg["pair_id"].isin(pos_pairs).to_numpy() & (neg["pair_id"].to_numpy() >= 0)
+    n_p, n_u = int(paired.sum()), int((~paired).sum())
+    if n_p == 0 or n_u == 0:
+        what = "no negative is a paired control" if n_p == 0 else "every negative is a paired control"
+        return None, (f"In the scores {what} ({n_p} paired, {n_u} unpaired negatives): evaluate on negatives of "
+                      "both kinds (controls of lenses and unrelated, flux-matched galaxies) to test the shortcut.")
+    s = neg[source].to_numpy()
+    k = max(int(math.ceil(TAIL_SHARE * len(s))), 20)
+    thr = np.sort(s)[::-1][min(k, len(s)) - 1]
+    tail = s >= thr
+    table = [[int((tail & paired).sum()), int((~tail & paired).sum())],
+             [int((tail & ~paired).sum()), int((~tail & ~paired).sum())]]
+    odds, p = fisher_exact(table)
+    rate_p, rate_u = table[0][0] / n_p, table[1][0] / n_u
+    auc = float(roc_auc_score(paired.astype(int), s))  # 0.5: paired and unpaired negatives score alike
+    return {"epoch": int(last["epoch"].iloc[0]), "ranked_by": source, "tail_threshold": float(thr),
+            "tail_size": int(tail.sum()), "paired_negatives": n_p, "unpaired_negatives": n_u,
+            "tail_rate_paired": rate_p, "tail_rate_unpaired": rate_u, "odds_ratio": float(odds), "p_value": float(p),
+            "auc_paired_vs_unpaired": auc}, ""
+
+
+def _early_stop(series: pd.Series, patience: int = PATIENCE) -> tuple[int, int]:
+    """(epoch training stops, checkpoint kept) when monitoring ``series`` (higher is better)."""
+    best_e, best_v, waited = None, -np.inf, 0
+    stop = series.index[-1]
+    for e, v in series.items():
+        if v > best_v + 1e-12:
+            best_e, best_v, waited = e, v, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                stop = e
+                break
+    return int(stop), int(best_e)
+
+
+def late_collapse(d: Diagnosis) -> dict:
+    """Best epoch per metric vs the last epoch, and what early stopping on partial AUC would keep."""
+    src = d.sources[0]
+    last = d.epochs[-1]
+    boot = d.bootstrap[d.bootstrap["source"] == src].set_index(["epoch", "fpr_target"])
+    per_metric = []
+    for t in d.fpr_targets:
+        v = d.value(src, f"tpr@fpr{lf.rate_str(t)}")
+        best = int(v.idxmax())
+        low_best = float(boot.loc[(best, t), "low"])
+        row = {"metric": f"tpr@fpr{lf.rate_str(t)}", "best_epoch": best, "best": float(v[best]), "best_low": low_best,
+               "last": float(v[last]), "drop": float(v[best] - v[last])}
+        row["collapsed"] = bool(row["last"] < low_best and row["drop"] >= COLLAPSE)
+        if "logit" in d.sources and src != "logit":
+            vl = d.value("logit", f"tpr@fpr{lf.rate_str(t)}")
+            row.update({"best_epoch_logit": int(vl.idxmax()), "best_logit": float(vl.max()), "last_logit": float(vl[last])})
+        per_metric.append(row)
+    for t in d.tpr_targets:
+        v = d.value(src, f"fpr@tpr{lf.rate_str(t)}")
+        if v.notna().any():
+            best = int(v.idxmin())
+            per_metric.append({"metric": f"fpr@tpr{lf.rate_str(t)}", "best_epoch": best, "best": float(v[best]),
+                               "last": float(v[last]), "drop": float(v[last] - v[best]), "collapsed": False})
+    monitor = f"pauc@fpr{lf.rate_str(max(d.fpr_targets))}"
+    stop, kept = _early_stop(d.value(src, monitor))
+    return {"monitor": f"{monitor} on {src}", "stop_epoch": stop, "kept_epoch": kept, "last_epoch": last,
+            "per_metric": per_metric}
+
+
+# --------------------------------------------------------------------------- findings
+def _fmt_rate(x: float) -> str:
+    return f"{100 * x:.1f}%" if np.isfinite(x) else "n/a"
+
+
+def saturation_finding(d: Diagnosis) -> Finding:
+    fid = "score_saturation_ties"
+    a = d.audit
+    worst, where = 0.0, None
+    for t in d.fpr_targets:
+        gaps = a[f"tie_gap@fpr{lf.rate_str(t)}"]
+        if gaps.max() > worst:
+            worst, where = float(gaps.max()), (t, int(a.loc[gaps.idxmax(), "epoch"]))
+    cliffs = {f"{lf.rate_str(t)}": (int(a.loc[a[f"tie_blocks_cliff@fpr{lf.rate_str(t)}"], "epoch"].min())
+                         if a[f"tie_blocks_cliff@fpr{lf.rate_str(t)}"].any() else None) for t in d.fpr_targets}
+    ev = {"score_dtype": d.score_dtype, "saturation_logit": d.saturation.get(d.score_dtype or "", None),
+          "saturation_logits": d.saturation, "predicted_cliff_epoch": cliffs, "largest_tie_gap": worst,
+          "negatives_at_top": a.set_index("epoch")["negatives_at_top"].to_dict(),
+          "distinct_scores": a.set_index("epoch")["distinct_scores"].to_dict(), "ranked_by": d.sources[0]}
+    if worst < TIE_GAP:
+        return Finding(fid, "not_detected", "info",
+                       f"No tie between classes decides more than {_fmt_rate(worst)} of the positives at any target "
+                       f"(at most {int(a['negatives_at_top'].max())} negatives share the top {d.sources[0]}).", ev)
+    t, e = where
+    row = a.set_index("epoch").loc[e]
+    first = cliffs[f"{lf.rate_str(t)}"]
+    sat = ""
+    if d.score_dtype in ("bfloat16", "float16", "float32") and row["top_score"] == 1.0:
+        sat = (f" (1.0: the {d.score_dtype} sigmoid is exactly 1 from logit "
+               f"{d.saturation[d.score_dtype]:.4g})")
+    if first is not None:
+        r = a.set_index("epoch").loc[first]
+        msg = (f"From epoch {first}, {int(r['negatives_at_top'])} negatives tie with "
+               f"{_fmt_rate(r['positives_at_top'] / d.n_pos)} of the positives at the top {d.sources[0]}{sat}; "
+               f"fpr {lf.rate_str(t)} allows {int(r[f'allowed@fpr{lf.rate_str(t)}'])} negatives, so tpr@fpr{lf.rate_str(t)} is 0 by ties, not by "
+               "ranking: rank on logits or compute the sigmoid in float32/float64.")
+        sev = "critical"
+    else:
+        msg = (f"At epoch {e}, a tie between classes decides {_fmt_rate(worst)} of the positives at fpr {lf.rate_str(t)}{sat}: "
+               "the logged value depends on tie order; rank on logits or keep scores in float32/float64.")
+        sev = "warning"
+    return Finding(fid, "detected", sev, msg, ev)
+
+
+def negatives_finding(d: Diagnosis) -> Finding:
+    fid = "too_few_negatives"
+    src = "logit" if "logit" in d.sources else d.sources[0]
+    b = d.bootstrap[d.bootstrap["source"] == src]
+    rows = []
+    for t in d.fpr_targets:
+        bt = b[b["fpr_target"] == t]
+        informative = bt[(bt["high"] > 0) & (bt["low"] < 1)]
+        width = float((informative["high"] - informative["low"]).median()) if len(informative) else float("nan")
+        rows.append({"fpr_target": t, "allowed_negatives": int(bt["allowed_negatives"].iloc[0]),
+                     "median_ci_width": width})
+    ev = {"n_negatives": d.n_neg, "per_target": rows, "interval_on": src}
+    bad = [r for r in rows if r["allowed_negatives"] < MIN_NEGATIVES or
+           (np.isfinite(r["median_ci_width"]) and r["median_ci_width"] > MAX_CI_WIDTH)]
+    if not bad:
+        return Finding(fid, "not_detected", "info",
+                       "Every fpr target is set by at least "
+                       f"{min(r['allowed_negatives'] for r in rows)} negatives, with 95% intervals narrower than "
+                       f"{MAX_CI_WIDTH:g}.", ev)
+    r = bad[0]
+    width = f"; its 95% bootstrap interval is {r['median_ci_width']:.3f} wide (median over epochs)" \
+        if np.isfinite(r["median_ci_width"]) else ""
+    need = int(math.ceil(MIN_NEGATIVES / r["fpr_target"]))
+    return Finding(fid, "detected", "warning",
+                   f"tpr@fpr{lf.rate_str(r['fpr_target'])} is set by {r['allowed_negatives']} of {d.n_neg:,} negatives{width}: "
+                   f"report it with its interval, or evaluate on at least {need:,} negatives.", ev)
+
+
+def worker_finding(d: Diagnosis) -> Finding:
+    fid = "worker_duplication"
+    if d.loader is None:
+        return not_applicable(fid, "No seen_ids table: log (epoch, sample_id, and rank/worker if you can) from the "
+                                   "training loader to count how often each sample is yielded per epoch.")
+    s = d.loader
+    ev = dict(s)
+    if s["share_repeated"] <= WORKER_REPEAT_SHARE:
+        return Finding(fid, "not_detected", "info",
+                       f"Each logged sample was yielded {s['mean_multiplicity']:.2f} times per epoch on average.", ev)
+    n_epochs = len(d.epochs)
+    ev["effective_epochs_of_run"] = s["mean_multiplicity"] * n_epochs
+    who = f" (all {s['n_workers']} workers yield the same ids)" if s.get("share_also_elsewhere", 0) > 0.99 and \
+        s.get("n_workers", 1) > 1 else ""
+    return Finding(fid, "detected", "critical" if s["mean_multiplicity"] >= 2 else "warning",
+                   f"Each sample is yielded {s['mean_multiplicity']:.1f} times per epoch{who}: {n_epochs} epochs are "
+                   f"about {ev['effective_epochs_of_run']:.0f} passes over the data; shard the IterableDataset by "
+                   "worker too (torch.utils.data.get_worker_info).", ev)
+
+
+def roc_function_finding(d: Diagnosis) -> Finding:
+    fid = "roc_implementation_mismatch"
+    if d.roc_cases is None:
+        return not_applicable(fid, "No roc_function given ('module:function' or 'file.py:function' returning "
+                                   "fpr, tpr, thresholds): the training script's ROC code was not audited.")
+    bad = d.roc_cases[~d.roc_cases["agrees"]]
+    run_bad = d.roc_run[~d.roc_run["agrees"]]
+    ev = {"cases": d.roc_cases.to_dict(orient="records"),
+          "run_rows_disagreeing": int(len(run_bad)), "run_rows": int(len(d.roc_run))}
+    if not len(bad) and not len(run_bad):
+        return Finding(fid, "not_detected", "info",
+                       "The roc_function agrees with scikit-learn on the run's scores and on every adversarial case.", ev)
+    parts = []
+    if len(bad):
+        parts.append(f"on {len(bad)} of {len(d.roc_cases)} adversarial cases ({'; '.join(bad['case'])}); "
+                     f"e.g. {bad['where'].iloc[0]}")
+    if len(run_bad):
+        r = run_bad.sort_values("max_difference", ascending=False, kind="stable").iloc[0]
+        parts.append(f"on this run's scores at epoch {r['epoch']} with the rows {r['row order']} ({r['where']})")
+    return Finding(fid, "detected", "critical",
+                   "The roc_function disagrees with scikit-learn " + " and ".join(parts) +
+                   ": merge tied scores (use sklearn.metrics.roc_curve).", ev)
+
+
+def logged_finding(d: Diagnosis) -> Finding:
+    fid = "logged_metric_mismatch"
+    if d.comparison is None:
+        return not_applicable(fid, "No history given: there are no logged metrics to recompute.")
+    c = d.comparison
+    checked = c[c["status"].isin(["matches", "differs"])] if len(c) else c
+    if not len(checked):
+        why = "no tpr@fpr/fpr@tpr keys" if not len(c) else "no epoch with both a logged value and scores"
+        return not_applicable(fid, f"The history has {why}: nothing to recompute.")
+    bad = checked[checked["status"] == "differs"]
+    ev = {"checked": int(len(checked)), "differ": int(len(bad)),
+          "not_checked": int(len(c) - len(checked)), "metrics": sorted(checked["metric"].unique())}
+    if not len(bad):
+        return Finding(fid, "not_detected", "info",
+                       f"All {len(checked)} logged values are reproduced from the scores by scikit-learn's ROC"
+                       + (f" ({ev['not_checked']} logged entries without scores or values were skipped)."
+                          if ev["not_checked"] else "."), ev)
+    r = bad.iloc[0]
+    tie = ""
+    if "tpr_tie_order_max" in r and pd.notna(r.get("tpr_tie_order_max")) and \
+            abs(r["logged"] - r["tpr_tie_order_max"]) <= _tolerance(r["logged"]) + 1e-9:
+        tie = " (what an ROC that does not merge ties reports when tied positives come first)"
+    ev["examples"] = bad.head(5).to_dict(orient="records")
+    return Finding(fid, "detected", "critical",
+                   f"{len(bad)} of {len(checked)} logged values differ from their recomputation, e.g. {r['metric']} "
+                   f"logged {r['logged']:.4g} at epoch {r['epoch']} but {r[f'recomputed_{d.sources[0]}']:.4g} from "
+                   f"the scores{tie}.", ev)
+
+
+def collapse_finding(d: Diagnosis) -> Finding:
+    fid = "late_collapse"
+    c = d.collapse
+    ev = dict(c)
+    hit = [r for r in c["per_metric"] if r.get("collapsed")]
+    kept = f"early stopping on {c['monitor']} (patience {PATIENCE}) would have kept epoch {c['kept_epoch']}"
+    if not hit:
+        return Finding(fid, "not_detected", "info",
+                       f"No tpr@fpr falls below its best epoch's interval by the last epoch; {kept}.", ev)
+    r = hit[-1]
+    logit = ""
+    if "last_logit" in r:
+        logit = (f"; on logits it goes {r['best_logit']:.3f} -> {r['last_logit']:.3f}, the part the model itself lost")
+    return Finding(fid, "detected", "warning",
+                   f"{r['metric']} peaks at {r['best']:.3f} in epoch {r['best_epoch']} and ends at {r['last']:.3f} in "
+                   f"epoch {c['last_epoch']}{logit}; {kept}.", ev)
+
+
+def logits_finding(d: Diagnosis) -> Finding:
+    fid = "logits_recover_ranking"
+    if "logit" not in d.sources:
+        return not_applicable(fid, "The scores have no 'logit' column: save the pre-sigmoid outputs (float32) to "
+                                   "test whether the ranking survives where the scores tie.")
+    if "score" not in d.sources:
+        return not_applicable(fid, "The scores table has logits only: there are no scores to compare them with.")
+    rows = []
+    for t in d.fpr_targets:
+        s, lo = d.value("score", f"tpr@fpr{lf.rate_str(t)}"), d.value("logit", f"tpr@fpr{lf.rate_str(t)}")
+        gain = lo - s
+        e = int(gain.idxmax())
+        rows.append({"metric": f"tpr@fpr{lf.rate_str(t)}", "epoch": e, "score": float(s[e]), "logit": float(lo[e]),
+                     "gain": float(gain[e])})
+    best = max(rows, key=lambda r: r["gain"])
+    ev = {"per_target": rows}
+    if best["gain"] < RECOVERY:
+        return Finding(fid, "not_detected", "info",
+                       f"Logits and scores give the same tpr@fpr (largest difference {best['gain']:.3f}): the scores "
+                       "keep the ranking.", ev)
+    return Finding(fid, "detected", "warning",
+                   f"Ranked by logits, {best['metric']} at epoch {best['epoch']} is {best['logit']:.3f} instead of "
+                   f"{best['score']:.3f}: the model still ranks the samples; the scores lost it to ties.", ev)
+
+
+def paired_finding(d: Diagnosis) -> Finding:
+    fid = "paired_control_shortcut"
+    if d.paired is None:
+        return not_applicable(fid, d.paired_reason)
+    p = d.paired
+    ev = dict(p)
+    if p["p_value"] >= PAIR_ALPHA:
+        return Finding(fid, "not_detected", "info",
+                       f"Paired controls and unpaired negatives reach the top 1% of negatives at similar rates "
+                       f"({_fmt_rate(p['tail_rate_paired'])} vs {_fmt_rate(p['tail_rate_unpaired'])}, Fisher p="
+                       f"{p['p_value']:.2g}, epoch {p['epoch']}): no sign that pairing shapes the tail.", ev)
+    if p["tail_rate_unpaired"] > p["tail_rate_paired"]:
+        msg = (f"Unpaired negatives reach the top 1% of negatives {p['tail_rate_unpaired'] / max(p['tail_rate_paired'], 1e-12):.1f}x "
+               f"as often as paired controls (Fisher p={p['p_value']:.2g}): the model learned what separates a lens "
+               "from its own control, not from other galaxies; train on unpaired or flux-matched controls.")
+    else:
+        msg = (f"Paired controls reach the top 1% of negatives {p['tail_rate_paired'] / max(p['tail_rate_unpaired'], 1e-12):.1f}x "
+               f"as often as unpaired negatives (Fisher p={p['p_value']:.2g}): the model scores the galaxy, not "
+               "the arc; split by galaxy id and use unpaired controls.")
+    return Finding(fid, "detected", "warning", msg, ev)
+
+
+def findings(d: Diagnosis) -> list[Finding]:
+    return [saturation_finding(d), negatives_finding(d), worker_finding(d), roc_function_finding(d), logged_finding(d),
+            collapse_finding(d), logits_finding(d), paired_finding(d)]
+
+
+# --------------------------------------------------------------------------- tables and headline numbers
+def cliff_table(d: Diagnosis, history: pd.DataFrame | None) -> pd.DataFrame:
+    """Per fpr target: the epoch the tie audit predicts tpr to hit 0, and the epoch the history shows it."""
+    rows = []
+    a = d.audit
+    for t in d.fpr_targets:
+        blocked = a.loc[a[f"tie_blocks_cliff@fpr{lf.rate_str(t)}"], "epoch"]
+        row = {"metric": f"tpr@fpr{lf.rate_str(t)}", "allowed_negatives": int(a[f"allowed@fpr{lf.rate_str(t)}"].iloc[-1]),
+               "predicted_cliff_epoch": int(blocked.min()) if len(blocked) else None, "logged_cliff_epoch": None}
+        if history is not None:
+            col = next((c for c in history.columns if parse_metric_key(c) == ("tpr", "fpr", t)), None)
+            if col is not None:
+                zero = history.loc[history[col] <= 1e-4, "epoch"]
+                row["logged_cliff_epoch"] = int(zero.min()) if len(zero) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def wide_values(d: Diagnosis) -> pd.DataFrame:
+    """Epoch x metric table, one column per (metric, source)."""
+    v = d.values.assign(col=lambda x: x["metric"] + " [" + x["source"] + "]")
+    return v.pivot(index="epoch", columns="col", values="value")
+
+
+def metrics(d: Diagnosis) -> dict:
+    last = d.epochs[-1]
+    m = {"n_positives": d.n_pos, "n_negatives": d.n_neg, "epochs": len(d.epochs), "score_dtype": d.score_dtype,
+         "saturation_logit": d.saturation.get(d.score_dtype) if d.score_dtype else None,
+         "last_epoch": last, "kept_epoch": d.collapse["kept_epoch"]}
+    for src in d.sources:
+        for t in d.fpr_targets:
+            m[f"tpr@fpr{lf.rate_str(t)}_last_{src}"] = float(d.value(src, f"tpr@fpr{lf.rate_str(t)}")[last])
+            m[f"tpr@fpr{lf.rate_str(t)}_kept_{src}"] = float(d.value(src, f"tpr@fpr{lf.rate_str(t)}")[d.collapse["kept_epoch"]])
+    for t in d.fpr_targets:
+        m[f"allowed_negatives@fpr{lf.rate_str(t)}"] = lf.allowed_false_positives(t, d.n_neg)
+    if d.loader:
+        m["mean_multiplicity"] = d.loader["mean_multiplicity"]
+    return m
+
+
+def headline_metrics(d: Diagnosis) -> dict:
+    return metrics(d)

@@ -1,0 +1,253 @@
+"""Notebook 04's diagnosis on runs its simulator did not make: healthy, saturated, real training runs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_curve
+
+from helpers import low_fpr as lf
+from helpers import roc_collapse as rc
+from helpers.io import InputError
+
+
+def status(found):
+    return {f.id: f.status for f in found}
+
+
+def make_run(tmp_path, n_pos=4000, n_neg=40000, epochs=6, seed=0, scale=lambda e: 1.0 + 0.1 * e,
+             neg_mu=-3.0, pos_mu=3.0, dtype=None, paired=True, unpaired_shift=0.0, logits=True, scores=True):
+    """Per-epoch scores of a model whose ranking stays fixed and only its confidence grows."""
+    rng = np.random.default_rng(seed)
+    pos = rng.normal(pos_mu, 1.0, n_pos)
+    neg = rng.normal(neg_mu, 1.0, n_neg)
+    n_paired = n_pos if paired else 0
+    pair = np.r_[np.arange(n_paired), np.full(n_neg - n_paired, -1), np.arange(n_pos)]
+    neg[n_paired:] += unpaired_shift
+    frames = []
+    for e in range(epochs):
+        logit = scale(e) * np.r_[neg, pos] + rng.normal(0, 0.05, n_pos + n_neg)
+        t = torch.from_numpy(logit)
+        score = (torch.sigmoid(t.to(getattr(torch, dtype))).double() if dtype else torch.sigmoid(t)).numpy()
+        f = pd.DataFrame({"epoch": e, "label": np.r_[np.zeros(n_neg, int), np.ones(n_pos, int)], "pair_id": pair,
+                          "sample_id": np.arange(n_pos + n_neg)})
+        if logits:
+            f["logit"] = logit
+        if scores:
+            f["score"] = score
+        frames.append(f)
+    df = pd.concat(frames, ignore_index=True)
+    df.to_parquet(tmp_path / "scores.parquet")
+    return df
+
+
+def sk_history(df, fpr_targets, tpr_targets, source="score"):
+    rows = []
+    for e, g in df.groupby("epoch"):
+        fpr, tpr, _ = roc_curve(g["label"], g[source], drop_intermediate=False)
+        row = {"epoch": int(e), "train_loss": 1.0 / (e + 1)}
+        for t in fpr_targets:
+            row[f"tpr@fpr{t}"] = round(float(tpr[fpr <= t].max()), 5)
+        for t in tpr_targets:
+            row[f"fpr@tpr{t}"] = round(float(fpr[tpr >= t].min()), 7)
+        rows.append(row)
+    return rows
+
+
+def params(tmp_path, **kw):
+    return {"history": "", "scores": str(tmp_path / "scores.parquet"), "fpr_targets": [1e-3, 1e-2],
+            "tpr_targets": [0.5, 0.9], "seen_ids": "", "roc_function": "", "n_bootstrap": 200, "output_dir": "",
+            "run_demos": False, "seed": 0, **kw}
+
+
+def run(tmp_path, **kw):
+    p, inputs = rc.load_inputs(params(tmp_path, **kw))
+    d = rc.diagnose(inputs, p["fpr_targets"], p["tpr_targets"], p["n_bootstrap"], p["seed"])
+    return d, {f.id: f for f in rc.findings(d)}
+
+
+def sklearn_roc_module(tmp_path):
+    (tmp_path / "myroc.py").write_text(
+        "from sklearn.metrics import roc_curve\n\n\ndef roc(scores, labels):\n"
+        "    return roc_curve(labels, scores, drop_intermediate=False)\n")
+    return f"{tmp_path / 'myroc.py'}:roc"
+
+
+def test_healthy_run_detects_nothing(tmp_path):
+    df = make_run(tmp_path, scale=lambda e: 1.0 + 0.05 * e)
+    (tmp_path / "h.json").write_text(json.dumps(sk_history(df, [1e-3, 1e-2], [0.5, 0.9])))
+    seen = pd.DataFrame({"epoch": np.repeat([0, 1], 500), "sample_id": np.tile(np.arange(500), 2),
+                         "worker": np.tile(np.arange(500) % 4, 2)})
+    seen.to_csv(tmp_path / "seen.csv", index=False)
+    d, found = run(tmp_path, history=str(tmp_path / "h.json"), seen_ids=str(tmp_path / "seen.csv"),
+                   roc_function=sklearn_roc_module(tmp_path))
+    assert [k for k, f in found.items() if f.status == "detected"] == []
+    assert all(f.status == "not_detected" for f in found.values()), status(found.values())
+    assert d.score_dtype == "float64" and d.comparison["status"].eq("matches").all()
+
+
+def test_float32_saturation_is_found_and_the_logits_recover_the_ranking(tmp_path):
+    # margins grow until float32 sigmoid returns exactly 1.0 for the top of both classes
+    make_run(tmp_path, neg_mu=-1.5, pos_mu=2.0, scale=lambda e: 2.0 + 3.0 * e, dtype="float32", epochs=6)
+    d, found = run(tmp_path)
+    f = found["score_saturation_ties"]
+    assert f.status == "detected" and d.score_dtype == "float32"
+    assert "float32 sigmoid is exactly 1 from logit 16.64" in f.message
+    first = f.evidence["predicted_cliff_epoch"]["0.001"]
+    a = d.audit.set_index("epoch")
+    # independent check: the first epoch where more than floor(1e-3 x n_neg) negatives have a float32 score of 1.0
+    g = pd.read_parquet(tmp_path / "scores.parquet")
+    at_one = g[(g.label == 0) & (g.score == 1.0)].groupby("epoch").size().reindex(d.epochs, fill_value=0)
+    assert first == int(at_one[at_one > 40].index.min())
+    assert a.loc[first, "tpr@fpr0.001"] == 0.0
+    assert found["logits_recover_ranking"].status == "detected"
+    assert d.value("logit", "tpr@fpr0.001")[first] > 0.5
+    assert found["late_collapse"].status == "detected"
+
+
+def bf16_training_run(n=20000, epochs=10, seed=0):
+    """A real small training run: an MLP on make_classification, evaluated under bfloat16 autocast each epoch."""
+    from sklearn.datasets import make_classification
+    from sklearn.model_selection import train_test_split
+
+    from helpers.training import FastAdam
+
+    x, y = make_classification(n_samples=n, n_features=20, n_informative=8, class_sep=1.5, flip_y=0.0,
+                               weights=[0.6], random_state=seed)
+    xtr, xte, ytr, yte = train_test_split(x.astype(np.float32), y, test_size=0.5, random_state=seed, stratify=y)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    opt = FastAdam(model.parameters(), lr=0.01)
+    xt, yt, xv = torch.from_numpy(xtr), torch.from_numpy(ytr.astype(np.float32)), torch.from_numpy(xte)
+    frames = []
+    for e in range(epochs):
+        for idx in torch.randperm(len(xt)).split(256):
+            opt.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(model(xt[idx]).squeeze(-1), yt[idx]).backward()
+            opt.step()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logit = model(xv).squeeze(-1)
+            score = torch.sigmoid(logit)
+        frames.append(pd.DataFrame({"epoch": e, "label": yte, "logit": logit.float().numpy(),
+                                    "score": score.float().numpy()}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_real_bf16_training_run_findings_match_direct_computations(tmp_path):
+    df = bf16_training_run()
+    df.to_csv(tmp_path / "scores.csv", index=False)
+    rows = sk_history(df, [0.01], [0.5])
+    rows[3]["tpr@fpr0.01"] = 0.25  # one wrong logged value
+    for r in rows[5:]:
+        r.pop("tpr@fpr0.01")  # not logged for the later epochs
+    (tmp_path / "h.json").write_text(json.dumps({"history": rows}))
+    d, found = run(tmp_path, scores=str(tmp_path / "scores.csv"), history=str(tmp_path / "h.json"),
+                   fpr_targets="[0.01, 0.05]", tpr_targets="[0.5]")
+    assert d.score_dtype == "bfloat16"
+    # saturation finding == a direct tie-order computation: positives-first cumulative sums vs scikit-learn
+    gaps = []
+    for _, g in df.groupby("epoch"):
+        y, s = g["label"].to_numpy(), g["score"].to_numpy()
+        order = np.lexsort((-y, -s))
+        tps, fps = np.cumsum(y[order]), np.cumsum(1 - y[order])
+        for t in (0.01, 0.05):
+            naive = tps[fps / fps[-1] <= t].max(initial=0) / tps[-1]
+            fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+            gaps.append(naive - tpr[fpr <= t].max())
+    assert (found["score_saturation_ties"].status == "detected") == (max(gaps) >= rc.TIE_GAP)
+    lm = found["logged_metric_mismatch"]
+    assert lm.status == "detected" and lm.evidence["differ"] == 1 and "epoch 3" in lm.message
+    assert lm.evidence["not_checked"] == 5
+    assert found["roc_implementation_mismatch"].status == "not_applicable"
+    assert found["worker_duplication"].status == "not_applicable"
+    assert found["paired_control_shortcut"].status == "not_applicable"
+    assert "pair_id" in found["paired_control_shortcut"].message
+
+
+def test_runs_without_logits_or_scores(tmp_path):
+    make_run(tmp_path, logits=False, epochs=3)
+    d, found = run(tmp_path)
+    assert d.sources == ["score"] and found["logits_recover_ranking"].status == "not_applicable"
+    assert "logit" in found["logits_recover_ranking"].message
+    make_run(tmp_path, scores=False, epochs=3)
+    d, found = run(tmp_path)
+    assert d.sources == ["logit"] and d.score_dtype is None
+    assert found["score_saturation_ties"].status == "not_detected"
+
+
+def test_paired_control_shortcut(tmp_path):
+    # unpaired negatives score higher than the lenses' own controls: the evaluation hides false positives
+    make_run(tmp_path, n_pos=3000, n_neg=9000, unpaired_shift=1.5, epochs=2)
+    d, found = run(tmp_path)
+    f = found["paired_control_shortcut"]
+    assert f.status == "detected" and "Unpaired negatives" in f.message
+    from scipy.stats import fisher_exact
+
+    p = d.paired
+    g = pd.read_parquet(tmp_path / "scores.parquet")
+    neg = g[(g.epoch == g.epoch.max()) & (g.label == 0)]
+    tail = neg["logit"] >= neg["logit"].nlargest(90).min()  # top 1% of 9,000 negatives
+    is_paired = neg["pair_id"] >= 0
+    table = [[(tail & is_paired).sum(), (~tail & is_paired).sum()], [(tail & ~is_paired).sum(), (~tail & ~is_paired).sum()]]
+    assert p["p_value"] == pytest.approx(fisher_exact(table)[1])
+    assert p["tail_rate_unpaired"] > 3 * p["tail_rate_paired"]
+    make_run(tmp_path, n_pos=3000, n_neg=3000, epochs=2)  # every negative is a paired control
+    _, found = run(tmp_path)
+    assert found["paired_control_shortcut"].status == "not_applicable"
+    assert "every negative is a paired control" in found["paired_control_shortcut"].message
+
+
+def test_worker_duplication_and_roc_function_mismatch(tmp_path):
+    make_run(tmp_path, epochs=2, dtype="bfloat16")
+    seen = pd.DataFrame({"epoch": 0, "sample_id": np.tile(np.arange(100), 4), "worker": np.repeat(np.arange(4), 100)})
+    seen.to_parquet(tmp_path / "seen.parquet")
+    (tmp_path / "naive.py").write_text(
+        "import numpy as np\n\n\ndef roc(s, y):\n    o = np.argsort(-s, kind='stable')\n    y = y[o]\n"
+        "    return np.cumsum(1 - y) / (1 - y).sum(), np.cumsum(y) / y.sum(), s[o]\n")
+    d, found = run(tmp_path, seen_ids=str(tmp_path / "seen.parquet"), roc_function=f"{tmp_path / 'naive.py'}:roc")
+    w = found["worker_duplication"]
+    assert w.status == "detected" and "4.0 times" in w.message and "all 4 workers" in w.message
+    r = found["roc_implementation_mismatch"]
+    assert r.status == "detected" and "ties across classes, positives first" in r.message
+
+
+@pytest.mark.parametrize("kw, problem", [
+    ({"fpr_targets": "[2]"}, "fpr_targets: every rate must be a number in (0, 1), got 2"),
+    ({"fpr_targets": "[1e-4,"}, "fpr_targets: cannot parse"),
+    ({"fpr_targets": []}, "fpr_targets: needs at least one rate"),
+    ({"tpr_targets": "abc"}, "tpr_targets: expected a list"),
+    ({"n_bootstrap": 5}, "n_bootstrap: must be in"),
+    ({"seed": "x"}, "seed: expected an integer"),
+    ({"roc_function": "nope_module_x:f"}, "roc_function: cannot import"),
+    ({"history": "missing.json"}, "history: "),
+])
+def test_bad_parameters_fail_in_one_line(tmp_path, kw, problem):
+    make_run(tmp_path, epochs=1, n_pos=50, n_neg=50)
+    with pytest.raises(InputError) as e:
+        rc.load_inputs(params(tmp_path, **kw))
+    assert problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_scores_tables(tmp_path):
+    bad = pd.DataFrame({"epoch": [0, 0, 1, 1], "label": [0, 1, 1, 1], "score": [0.1, 0.9, 0.5, 0.6]})
+    bad.to_parquet(tmp_path / "scores.parquet")
+    with pytest.raises(InputError, match="epoch 1 has no negatives"):
+        rc.load_inputs(params(tmp_path))
+    bad.drop(columns="score").to_parquet(tmp_path / "scores.parquet")
+    with pytest.raises(InputError, match="needs a 'score' or a 'logit' column"):
+        rc.load_inputs(params(tmp_path))
+    bad.assign(score=[0.1, np.nan, 0.2, 0.3]).to_parquet(tmp_path / "scores.parquet")
+    with pytest.raises(InputError, match="'score' has 1 NaN/inf"):
+        rc.load_inputs(params(tmp_path))
+    bad.assign(label=[0, 2, 0, 1]).to_parquet(tmp_path / "scores.parquet")
+    with pytest.raises(InputError, match="only 0 and 1"):
+        rc.load_inputs(params(tmp_path))
+
+
+def test_target_lists_accept_text_and_metric_names(tmp_path):
+    assert rc.parse_targets("x", "[1e-4, 0.001]") == [1e-4, 1e-3]
+    assert rc.parse_targets("x", "0.5") == [0.5]
+    assert rc.parse_targets("x", [0.85, "0.5"]) == [0.5, 0.85]
+    assert lf.rate_str(1e-4) == "1e-4" and lf.rate_str(0.001) == "0.001" and lf.rate_str(0.85) == "0.85"
