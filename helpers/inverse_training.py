@@ -3,9 +3,9 @@
 Profiles are drawn under the nested constraints of the strain-profile
 parametrisation (:mod:`helpers.rocking_curve`), one parameter after the other::
 
-    Dmax1 ~ U(0.004, 0.03)          D01 ~ U(0.001, Dmax1)         (D01 <= Dmax1)
+    Dmax1 ~ U(0.004, 0.03)          D01 ~ U(0.001, min(Dmax1, 0.029))   (D01 <= Dmax1)
     L1    ~ U(1500, 7000) Å         Rp1 ~ U(0, 0.7 L1)            (the peak lies inside the layer)
-    D02   ~ U(0.001, 0.03 - D01)                                  (D01 + D02 <= 0.03)
+    D02   ~ U(0.001, 0.03 - D01)                                        (D01 + D02 <= 0.03)
     L2    ~ U(300, L1 / 2)          Rp2 ~ U(-L2, 0)
 
 Each step is uniform, the joint density is not: regions where a constraint
@@ -26,6 +26,7 @@ import contextlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -44,10 +45,10 @@ def sample_parameters(n: int, rng: np.random.Generator) -> np.ndarray:
     """(n, 7) profiles under the nested constraints (see the module docstring)."""
     u = rng.random((n, 7))
     dmax = 0.004 + u[:, 0] * (0.03 - 0.004)
-    d01 = 0.001 + u[:, 1] * (dmax - 0.001)
+    d01 = 0.001 + u[:, 1] * (np.minimum(dmax, 0.029) - 0.001)  # leaves room for D02 >= 0.001
     l1 = 1500 + u[:, 2] * 5500
     rp1 = u[:, 3] * 0.7 * l1
-    d02 = 0.001 + u[:, 4] * (0.03 - d01 - 0.001)
+    d02 = 0.001 + u[:, 4] * (0.029 - d01)
     l2 = 300 + u[:, 5] * (l1 / 2 - 300)
     rp2 = -u[:, 6] * l2
     return np.stack([dmax, d01, l1, rp1, d02, l2, rp2], axis=1)
@@ -57,8 +58,9 @@ def satisfies_constraints(p: np.ndarray) -> np.ndarray:
     """Which rows of (n, 7) profiles obey the nested constraints."""
     p = np.atleast_2d(p)
     dmax, d01, l1, rp1, d02, l2, rp2 = p.T
-    return ((d01 <= dmax) & (d01 + d02 <= 0.03 + 1e-12) & (rp1 <= 0.7 * l1) & (l2 <= l1 / 2)
-            & (rp2 <= 0) & (rp2 >= -l2) & (p >= LOW).all(axis=1) & (p <= HIGH).all(axis=1))
+    return ((dmax >= 0.004) & (dmax <= 0.03) & (d01 >= 0.001) & (d01 <= dmax) & (l1 >= 1500) & (l1 <= 7000)
+            & (rp1 >= 0) & (rp1 <= 0.7 * l1) & (d02 >= 0.001) & (d01 + d02 <= 0.03 + 1e-12)
+            & (l2 >= 300) & (l2 <= l1 / 2) & (rp2 <= 0) & (rp2 >= -l2))
 
 
 @contextlib.contextmanager
@@ -205,3 +207,27 @@ def train(data: Dataset, cfg: InverseConfig = InverseConfig(), seed: int | None 
 def with_seed(seed: int, **changes) -> InverseConfig:
     """A configuration for a run that is not the sample (another seed, other sizes)."""
     return replace(InverseConfig(), seed=seed, **changes)
+
+
+def seed_lab(seeds=(0, 1), cfg: InverseConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The mechanism lab: the same data, the same model, training seeds differ (initialisation, batch order).
+
+    Returns per-epoch curves (seed, epoch, val_loss, experiment_error) and one row per seed (its val-loss-best
+    epoch, experiment-best epoch, final val loss). The experiment error is standardised by the training targets' SD.
+    """
+    from . import checkpoints as ck
+
+    cfg = cfg or InverseConfig(n_train=800, n_val=60, repeats=1)
+    data = make_dataset(cfg)
+    scale = ck.fit_scaler(data.train_target).scale_
+    rows, summary = [], []
+    for s in seeds:
+        run = train(data, cfg, seed=int(s))
+        exp_err = ck.per_sample_errors(run.experiment_pred[:, None], data.experiment_target[None], scale)[:, 0]
+        rows.append(pd.DataFrame({"seed": int(s), "epoch": run.epoch, "val_loss": run.val_loss, "experiment_error": exp_err}))
+        summary.append({"seed": int(s), "val_best_epoch": int(run.epoch[run.val_loss.argmin()]),
+                        "experiment_best_epoch": int(run.epoch[exp_err.argmin()]), "final_val_loss": float(run.val_loss[-1]),
+                        "experiment_error_at_val_best": float(exp_err[run.val_loss.argmin()]),
+                        "best_experiment_error": float(exp_err.min())})
+    curves = pd.concat(rows, ignore_index=True)
+    return curves, pd.DataFrame(summary).set_index("seed")

@@ -13,7 +13,7 @@ ways notebook 03 reads it:
   ``experiment_curve`` (its measured log10 intensity), ``param_names`` and
   ``repeat_id`` (rows with one id are repeated measurements of one profile);
 - ``checkpoints/epoch_XX.pt`` state dicts saved the way PyTorch Lightning does
-  (``{"epoch": e, "state_dict": {"model.<key>": tensor}}``), whose model comes from
+  (``{"epoch": e, "val_loss": loss, "state_dict": {"model.<key>": tensor}}``), whose model comes from
   ``helpers.inverse_training:make_model``, plus ``validation.npz`` (``x``,
   ``target``, ``repeat_id``, ``experiment_x``, ``experiment_target``, ``train_target``).
 
@@ -58,9 +58,9 @@ def save_checkpoints(run: it.TrainedRun, out_dir: Path, prefix: str = "model.") 
     """One Lightning-style file per epoch; the same tensors and file name give the same bytes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for epoch, state in zip(run.epoch, run.state_dicts, strict=True):
+    for epoch, loss, state in zip(run.epoch, run.val_loss, run.state_dicts, strict=True):
         path = out_dir / f"epoch_{int(epoch):02d}.pt"
-        torch.save({"epoch": int(epoch), "state_dict": {prefix + k: v for k, v in state.items()}}, path)
+        torch.save({"epoch": int(epoch), "val_loss": float(loss), "state_dict": {prefix + k: v for k, v in state.items()}}, path)
         paths.append(path)
     return paths
 
