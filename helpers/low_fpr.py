@@ -232,7 +232,7 @@ def sigmoid_in(logits, dtype: str) -> np.ndarray:
     """torch.sigmoid computed in ``dtype`` (as under autocast), returned as float64."""
     import torch
 
-    t = torch.as_tensor(np.asarray(logits, dtype=np.float64)).to(getattr(torch, dtype))
+    t = torch.from_numpy(np.array(logits, dtype=np.float64)).to(getattr(torch, dtype))
     return torch.sigmoid(t).double().numpy()
 
 

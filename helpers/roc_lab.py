@@ -70,12 +70,12 @@ def loader_duplicates(num_workers: int = 4, n_fragments: int = 16, per_fragment:
     ctx = start_method or ("fork" if sys.platform == "linux" else "spawn")
     logs, rows = {}, []
     for label, fix in (("shard by rank only", False), ("shard by rank and worker (get_worker_info)", True)):
-        dl = DataLoader(FragmentStream(n_fragments, per_fragment, shard_workers=fix), batch_size=500,
-                        num_workers=num_workers, multiprocessing_context=ctx if num_workers else None)
-        ids, workers = [], []
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # more workers than cores is the point here
             warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+            dl = DataLoader(FragmentStream(n_fragments, per_fragment, shard_workers=fix), batch_size=500,
+                            num_workers=num_workers, multiprocessing_context=ctx if num_workers else None)
             batches = list(dl)
+        ids, workers = [], []
         for i, w in batches:
             ids.append(i.numpy()), workers.append(w.numpy())
         seen = pd.DataFrame({"epoch": 0, "sample_id": np.concatenate(ids), "worker": np.concatenate(workers)})
