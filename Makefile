@@ -13,7 +13,12 @@ QUIET  := { grep -v -e 'is ignored: it is neither a file nor a directory' || tru
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup run test lab data bench student clean distclean
+.PHONY: help setup run compare test lab data bench student clean distclean
+
+# make run [RUN=manifest.yaml] [SCHEDULER=host:port] [FORCE=1]; make compare A=run1 B=run2
+RUN       ?= manifests/samples.yaml
+SCHEDULER ?=
+FORCE     ?=
 
 help: ## list the targets
 	@echo "Training-run diagnostic workbooks"
@@ -31,8 +36,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv, install helpers (editable) and the python3 kernel; idempotent
 
-run: setup ## execute every notebook on its sample run into reports/<notebook>/
-	$(PY) -m helpers.notebooks run
+run: setup ## execute a manifest (RUN=, default the sample runs) on dask into reports/<run>/<notebook>/
+	$(PY) -m helpers.notebooks run $(RUN) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(FORCE),--force)
+
+compare: setup ## the findings whose status changed between two runs: make compare A=run1 B=run2
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=run1 B=run2"; exit 2; }
+	$(PY) -m helpers.notebooks compare $(A) $(B)
 
 test: setup ## lint, unit tests, notebook executions
 	$(VENV)/bin/ruff check helpers tests bench notebooks

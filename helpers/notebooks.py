@@ -1,8 +1,9 @@
 """Executing the notebooks: papermill runs, HTML reports, `make run`, and student copies.
 
-``python -m helpers.notebooks run [NAME ...]`` executes notebooks on their
-sample runs into ``reports/<name>/``; ``python -m helpers.notebooks student``
-writes copies without ``solution`` cells into ``student/``.
+``python -m helpers.notebooks run [MANIFEST] [--scheduler ADDRESS] [--force]`` executes
+a manifest's notebooks (default: the sample runs) into ``reports/<run>/<notebook>/``
+on dask; ``compare A B`` lists the findings whose status changed between two runs;
+``student`` writes copies without ``solution`` cells into ``student/``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import argparse
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import nbformat
 
 from .paths import NOTEBOOKS, REPO_ROOT, REPORTS
+
+DEFAULT_MANIFEST = REPO_ROOT / "manifests" / "samples.yaml"
 
 KERNEL = "python3"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -81,34 +83,79 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
     return json.loads((out / "summary.json").read_text())
 
 
-def to_html(executed: Path) -> Path:
+def to_html(executed: Path, reports: Path | None = None) -> Path:
+    """HTML of an executed notebook that renders offline, math included.
+
+    With ``reports`` (a reports root), MathJax is the copy in ``reports/_static/`` linked
+    relatively, so the folder can be moved or served; without, the installed copy by file URL.
+    """
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_filename(str(executed))
-    path = executed.with_suffix(".html")
+    from .reports import mathjax_url
+
+    path = Path(executed).with_suffix(".html")
+    if reports is not None:
+        url = mathjax_url(path, Path(reports))
+    else:
+        import jupyter_server_mathjax
+
+        url = (Path(jupyter_server_mathjax.__file__).parent / "static" / "MathJax.js").as_uri() + \
+            "?config=TeX-AMS-MML_HTMLorMML-full,Safe"
+    # require.js (widgets) and mermaid are never used here; an empty script instead of a CDN fetch
+    empty = "data:text/javascript,"
+    body, _ = HTMLExporter(mathjax_url=url, require_js_url=empty, mermaid_js_url=empty).from_filename(str(executed))
     path.write_text(body)
     return path
 
 
-def run_all(names: list[str] | None = None) -> int:
-    """`make run`: every notebook on its sample run; exit status 1 naming the notebook that failed."""
-    names = names or notebook_names()
-    failed = []
-    for i, name in enumerate(names, 1):
-        print(f"[{i}/{len(names)}] {name} ...", flush=True)
-        t0 = time.perf_counter()
-        try:
-            summary = execute(name, output_dir=REPORTS / name, progress=True, html=True)
-        except NotebookFailed as exc:
-            print(f"FAILED {exc}", file=sys.stderr, flush=True)
-            failed.append(name)
-            continue
-        detected = [k for k, f in summary["findings"].items() if f["status"] == "detected"]
-        print(f"    done in {time.perf_counter() - t0:.1f} s -> {(REPORTS / name).relative_to(REPO_ROOT)}/"
-              f" (detected: {', '.join(detected) or 'nothing'})", flush=True)
+def run_manifest(manifest: str | Path = DEFAULT_MANIFEST, reports: str | Path = REPORTS, scheduler: str | None = None,
+                 force: bool = False, workers: int = 2, progress: bool = True) -> int:
+    """`make run`: every (run, notebook) of a manifest on dask; pages and findings.csv; 1 if any failed.
+
+    A malformed manifest or an existing report (without ``force``) is refused before anything runs.
+    """
+    from .batch import ManifestError, check_targets, load_manifest, run_tasks
+    from .reports import write_reports
+
+    reports = Path(reports).resolve()
+    try:
+        tasks = load_manifest(manifest)
+        check_targets(tasks, reports, force)
+    except ManifestError as exc:
+        print(f"ManifestError: {exc}", file=sys.stderr)
+        return 2
+    where = f"the cluster at {scheduler}" if scheduler else f"a local cluster of {workers} worker processes"
+    print(f"{len(tasks)} notebook executions from {manifest} on {where}", flush=True)
+    results = run_tasks(tasks, reports, scheduler=scheduler, workers=workers, progress=progress)
+    for r in results:
+        if r["status"] == "ok":
+            summary = json.loads((Path(r["dir"]) / "summary.json").read_text())
+            detected = [k for k, f in summary["findings"].items() if f["status"] == "detected"]
+            print(f"  ok      {r['run']}/{r['notebook']} ({r['seconds']} s): detected {', '.join(detected) or 'nothing'}")
+        else:
+            print(f"  FAILED  {r['run']}/{r['notebook']}: {r['error']}", file=sys.stderr)
+    pages = write_reports(reports, sorted({t.run for t in tasks}))
+    print(f"reports: {pages[-2]} and {pages[-1]}")
+    failed = [f"{r['run']}/{r['notebook']}" for r in results if r["status"] != "ok"]
     if failed:
         print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def compare(a: str, b: str, reports: str | Path = REPORTS) -> int:
+    """`make compare A=run1 B=run2`: the findings whose status changed between two runs."""
+    from .reports import compare_runs
+
+    try:
+        table = compare_runs(Path(reports), a, b)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if table.empty:
+        print(f"no finding changed status between {a} and {b}")
+    else:
+        print(table.to_markdown(index=False))
     return 0
 
 
@@ -141,12 +188,22 @@ def write_student_copies(dest: Path = REPO_ROOT / "student") -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.notebooks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="execute notebooks on their sample runs into reports/")
-    run.add_argument("names", nargs="*", help="notebook stems (default: all)")
+    run = sub.add_parser("run", help="execute a manifest's notebooks into reports/<run>/<notebook>/")
+    run.add_argument("manifest", nargs="?", default=str(DEFAULT_MANIFEST), help="manifest YAML (default: the sample runs)")
+    run.add_argument("--scheduler", default=None, help="address of an existing dask scheduler (default: a local cluster)")
+    run.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster")
+    run.add_argument("--force", action="store_true", help="replace existing reports of the same run and notebook")
+    run.add_argument("--reports", default=str(REPORTS), help="reports folder")
+    cmp = sub.add_parser("compare", help="findings whose status changed between two runs")
+    cmp.add_argument("a")
+    cmp.add_argument("b")
+    cmp.add_argument("--reports", default=str(REPORTS), help="reports folder")
     sub.add_parser("student", help="write student copies without solution cells into student/")
     args = parser.parse_args(argv)
     if args.cmd == "run":
-        return run_all(args.names)
+        return run_manifest(args.manifest, args.reports, args.scheduler or None, args.force, args.workers)
+    if args.cmd == "compare":
+        return compare(args.a, args.b, args.reports)
     for p in write_student_copies():
         print(f"wrote {p.relative_to(REPO_ROOT)}")
     return 0

@@ -136,18 +136,3 @@ def test_01_degenerate_but_valid_sessions_are_diagnosed(tmp_path, elsewhere):
         summary = execute("01_r2_gap", {"predictions": f"{name}.parquet", "reported": "", "run_demos": False},
                           tmp_path / name, cwd=elsewhere)
         assert summary["findings"]["between_session_variance"]["status"] == "not_detected", name
-
-
-def test_make_run_names_the_failing_notebook_and_cell(monkeypatch, capsys):
-    import helpers.notebooks as nbs
-
-    def fake_execute(name, **kwargs):
-        if name == "02_encoder_variance":
-            raise NotebookFailed(name, 7, "InputError", "InputError: embeddings: x.npz: file not found")
-        return {"findings": {"a": {"status": "detected"}}}
-
-    monkeypatch.setattr(nbs, "execute", fake_execute)
-    assert nbs.run_all(["01_r2_gap", "02_encoder_variance"]) == 1
-    err = capsys.readouterr().err
-    assert "FAILED 02_encoder_variance: cell 7 failed: InputError: embeddings: x.npz: file not found" in err
-    assert "1 notebook(s) failed: 02_encoder_variance" in err

@@ -1,0 +1,174 @@
+"""What a batch execution leaves for a person: static pages, findings.csv, and run comparisons.
+
+``reports/<run>/index.html`` shows each notebook's verdict table, its first figures
+inline, a link to its HTML and, for a failed notebook, the one line of its error;
+``reports/index.html`` lists the runs; ``reports/findings.csv`` has one row per
+(run, notebook, finding). Pages and notebook HTML need no network: MathJax is
+served from ``reports/_static/mathjax`` (copied from jupyter-server-mathjax).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from .findings import SEVERITIES, STATUSES
+
+MATHJAX_DIR = "_static/mathjax"
+KEY_FIGURES = 3  # figures shown inline per notebook, in the order the notebook saved them
+STATUS_COLOURS = {"detected": "#b3261e", "not_detected": "#1e7b34", "not_applicable": "#6b6b6b"}
+
+
+def install_mathjax(reports: Path) -> Path:
+    """A local MathJax under ``reports/_static/mathjax`` (once); returns MathJax.js."""
+    import jupyter_server_mathjax
+
+    dest = Path(reports) / MATHJAX_DIR
+    if not (dest / "MathJax.js").exists():
+        src = Path(jupyter_server_mathjax.__file__).parent / "static"
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        os.replace(tmp, dest)
+    return dest / "MathJax.js"
+
+
+def mathjax_url(page: Path, reports: Path) -> str:
+    """The relative URL of the local MathJax from ``page`` (a config that needs no other download)."""
+    rel = os.path.relpath(install_mathjax(reports), Path(page).parent)
+    return f"{Path(rel).as_posix()}?config=TeX-AMS-MML_HTMLorMML-full,Safe"
+
+
+# ----------------------------------------------------------------------------- collecting
+def notebook_result(nb_dir: Path) -> dict:
+    """What one notebook's report folder says: summary, error line, HTML, figures."""
+    summary_path, error_path = nb_dir / "summary.json", nb_dir / "error.txt"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    error = error_path.read_text().strip().splitlines()[-1] if error_path.exists() else None
+    figures = sorted((nb_dir / "figures").glob("*.png"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    html_file = nb_dir / f"{nb_dir.name}.html"
+    status = "failed" if error or summary is None else "ok"
+    if summary is None and error is None:
+        error = "no summary.json and no error: the execution did not finish"
+    return {"notebook": nb_dir.name, "status": status, "error": error, "summary": summary,
+            "html": html_file if html_file.exists() else None, "figures": figures}
+
+
+def run_results(run_dir: Path) -> list[dict]:
+    return [notebook_result(d) for d in sorted(Path(run_dir).iterdir()) if d.is_dir() and not d.name.startswith(("_", "."))]
+
+
+def findings_table(reports: Path) -> pd.DataFrame:
+    """One row per (run, notebook, finding) over every summary.json under ``reports``."""
+    rows = []
+    for path in sorted(Path(reports).glob("*/*/summary.json")):
+        run, nb = path.parent.parent.name, path.parent.name
+        summary = json.loads(path.read_text())
+        for fid, f in summary["findings"].items():
+            rows.append({"run": run, "notebook": nb, "finding": fid, "status": f["status"], "severity": f["severity"],
+                         "message": f["message"], "evidence": json.dumps(f.get("evidence", {}), sort_keys=True)})
+    return pd.DataFrame(rows, columns=["run", "notebook", "finding", "status", "severity", "message", "evidence"])
+
+
+def compare_runs(reports: Path, a: str, b: str) -> pd.DataFrame:
+    """The findings whose status differs between runs ``a`` and ``b`` (missing on one side included)."""
+    table = findings_table(reports)
+    for run in (a, b):
+        if run not in set(table["run"]):
+            known = ", ".join(sorted(set(table["run"]))) or "none"
+            raise ValueError(f"run '{run}' has no report under {reports} (runs: {known})")
+    key = ["notebook", "finding"]
+    left = table[table["run"] == a].set_index(key)[["status", "severity"]]
+    right = table[table["run"] == b].set_index(key)[["status", "severity"]]
+    both = left.join(right, how="outer", lsuffix=f" ({a})", rsuffix=f" ({b})").fillna("absent")
+    changed = both[both[f"status ({a})"] != both[f"status ({b})"]]
+    return changed.reset_index()
+
+
+# ----------------------------------------------------------------------------- pages
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:70rem;color:#1d1d1f;padding:0 1rem}
+h1{font-size:1.6rem} h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
+table{border-collapse:collapse;width:100%;font-size:.9rem;margin:.6rem 0}
+th,td{border:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}
+th{background:#f4f4f6} .status{font-weight:600;white-space:nowrap}
+.failed{background:#fdecea;border:1px solid #b3261e;padding:.6rem;font-family:monospace}
+.figs img{max-width:32%;margin:.2rem;border:1px solid #eee} .meta{color:#555;font-size:.85rem}
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def _verdict_rows(summary: dict) -> str:
+    order_s, order_v = {s: i for i, s in enumerate(STATUSES)}, {s: i for i, s in enumerate(SEVERITIES)}
+    items = sorted(summary["findings"].items(), key=lambda kv: (order_s[kv[1]["status"]], order_v[kv[1]["severity"]]))
+    rows = []
+    for fid, f in items:
+        colour = STATUS_COLOURS[f["status"]]
+        rows.append(f"<tr><td><code>{html.escape(fid)}</code></td><td class=\"status\" style=\"color:{colour}\">"
+                    f"{f['status']}</td><td>{f['severity']}</td><td>{html.escape(f['message'])}</td></tr>")
+    return ("<table><tr><th>finding</th><th>status</th><th>severity</th><th>message</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def write_run_index(run_dir: Path) -> Path:
+    """``reports/<run>/index.html``: every notebook's verdict, key figures, link, or error line."""
+    run_dir = Path(run_dir)
+    parts = [f"<h1>Run <code>{html.escape(run_dir.name)}</code></h1>", "<p class=\"meta\"><a href=\"../index.html\">all runs</a></p>"]
+    for r in run_results(run_dir):
+        nb = r["notebook"]
+        parts.append(f"<h2 id=\"{html.escape(nb)}\">{html.escape(nb)}</h2>")
+        if r["html"] is not None:
+            parts.append(f"<p><a href=\"{nb}/{r['html'].name}\">the executed notebook</a></p>")
+        if r["status"] == "failed":
+            parts.append(f"<div class=\"failed\">FAILED: {html.escape(r['error'] or '')}</div>")
+            continue
+        s = r["summary"]
+        inputs = ", ".join(f"{k}={Path(v).name}" for k, v in s.get("inputs", {}).items())
+        sample = " <strong>(the bundled sample run)</strong>" if s.get("sample_run") else ""
+        parts.append(f"<p class=\"meta\">inputs: {html.escape(inputs) or 'none'}{sample}</p>")
+        parts.append(_verdict_rows(s))
+        figs = [f"<img src=\"{nb}/figures/{p.name}\" alt=\"{html.escape(p.stem)}\">" for p in r["figures"][:KEY_FIGURES]]
+        if figs:
+            parts.append("<div class=\"figs\">" + "".join(figs) + "</div>")
+    path = run_dir / "index.html"
+    path.write_text(_page(f"Run {run_dir.name}", "\n".join(parts)))
+    return path
+
+
+def write_root_index(reports: Path) -> Path:
+    """``reports/index.html``: each run with its counts of detected findings and failed notebooks."""
+    reports = Path(reports)
+    rows = []
+    for run_dir in sorted(d for d in reports.iterdir() if d.is_dir() and (d / "index.html").exists()):
+        results = run_results(run_dir)
+        failed = [r["notebook"] for r in results if r["status"] == "failed"]
+        detected = sum(f["status"] == "detected" for r in results if r["summary"] for f in r["summary"]["findings"].values())
+        critical = sum(f["status"] == "detected" and f["severity"] == "critical"
+                       for r in results if r["summary"] for f in r["summary"]["findings"].values())
+        rows.append(f"<tr><td><a href=\"{run_dir.name}/index.html\">{html.escape(run_dir.name)}</a></td>"
+                    f"<td>{len(results)}</td><td>{detected}</td><td>{critical}</td>"
+                    f"<td>{html.escape(', '.join(failed)) or '-'}</td></tr>")
+    body = ("<h1>Diagnostic reports</h1><table><tr><th>run</th><th>notebooks</th><th>findings detected</th>"
+            "<th>critical</th><th>failed</th></tr>" + "".join(rows) + "</table>"
+            "<p class=\"meta\">findings.csv: one row per (run, notebook, finding).</p>")
+    path = reports / "index.html"
+    path.write_text(_page("Diagnostic reports", body))
+    return path
+
+
+def write_reports(reports: Path, runs: list[str]) -> list[Path]:
+    """Refresh the pages of ``runs``, the root index and findings.csv."""
+    written = [write_run_index(Path(reports) / run) for run in runs]
+    written.append(write_root_index(reports))
+    csv = Path(reports) / "findings.csv"
+    findings_table(reports).to_csv(csv, index=False)
+    return written + [csv]

@@ -1,0 +1,164 @@
+"""Batch re-execution: manifests refused before anything runs, dask execution, report pages."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from helpers.batch import ManifestError, check_targets, load_manifest
+from helpers.notebooks import main, run_manifest
+from helpers.paths import DATA_SAMPLES
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("runs: [oops", "is not valid YAML"),
+    ("notruns: {}", "expected a mapping 'runs:'"),
+    ("runs:\n  r1:\n    01_r2_gapp: {}\n", "run 'r1', notebook '01_r2_gapp': unknown notebook (did you mean '01_r2_gap'?)"),
+    ("runs:\n  r1:\n    01_r2_gap: {predictionz: x.parquet}\n",
+     "run 'r1', notebook '01_r2_gap', key 'predictionz': not a parameter of 01_r2_gap (did you mean 'predictions'?)"),
+    ("runs:\n  r1:\n    01_r2_gap: {predictions: missing/p.parquet}\n",
+     "run 'r1', notebook '01_r2_gap', key 'predictions': file not found: missing/p.parquet"),
+    ("runs:\n  r1:\n    01_r2_gap: {output_dir: elsewhere}\n", "key 'output_dir': is set by the runner"),
+    ("runs:\n  r1:\n    01_r2_gap: [1, 2]\n", "run 'r1', notebook '01_r2_gap': expected a mapping of parameter overrides"),
+    ("runs:\n  ../up:\n    01_r2_gap: {}\n", "run '../up': a run name must be a plain folder name"),
+])
+def test_malformed_manifest_is_refused_in_one_line(tmp_path, text, expected):
+    m = write(tmp_path / "m.yaml", text)
+    with pytest.raises(ManifestError) as e:
+        load_manifest(m)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(m)) and expected in msg, msg
+
+
+def test_manifest_paths_are_taken_from_its_folder(tmp_path, elsewhere):
+    (tmp_path / "run42").mkdir()
+    shutil.copy(DATA_SAMPLES / "01_r2_gap" / "predictions.parquet", tmp_path / "run42" / "p.parquet")
+    m = write(tmp_path / "m.yaml", "runs:\n  run42:\n    01_r2_gap: {predictions: run42/p.parquet, reported: '', "
+                                   "run_demos: false}\n    02_encoder_variance: {compare: []}\n")
+    tasks = load_manifest(m)
+    assert [t.key for t in tasks] == ["run42/01_r2_gap", "run42/02_encoder_variance"]
+    assert tasks[0].parameters == {"predictions": str(tmp_path / "run42" / "p.parquet"), "reported": "",
+                                   "run_demos": False}
+    (tmp_path / "reports" / "run42" / "01_r2_gap").mkdir(parents=True)
+    with pytest.raises(ManifestError, match="a report exists already: pass --force"):
+        check_targets(tasks, tmp_path / "reports", force=False)
+    check_targets(tasks, tmp_path / "reports", force=True)
+
+
+@pytest.mark.notebook
+def test_a_manifest_runs_on_a_local_cluster_and_one_failure_does_not_stop_the_others(tmp_path, capsys):
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    m = write(tmp_path / "m.yaml", f"""
+runs:
+  good:
+    01_r2_gap: {{run_demos: false}}
+  bad:
+    01_r2_gap: {{predictions: {tmp_path / 'broken.parquet'}, run_demos: false}}
+    02_encoder_variance: {{run_demos: false, compare: "[]"}}
+""")
+    reports = tmp_path / "reports"
+    assert run_manifest(m, reports, progress=False) == 1
+    out, err = capsys.readouterr()
+    assert "FAILED  bad/01_r2_gap: InputError: predictions: " in err and "cannot be read as a table" in err
+    assert "1 notebook(s) failed: bad/01_r2_gap" in err
+    for nb in ("good/01_r2_gap", "bad/02_encoder_variance"):
+        assert (reports / nb / "summary.json").exists() and (reports / nb / f"{nb.split('/')[1]}.html").exists()
+    assert not (reports / "bad" / "01_r2_gap" / "summary.json").exists()
+    page = (reports / "bad" / "index.html").read_text()
+    assert "FAILED: InputError: predictions: " in page and "stochasticity_collapsed" in page
+    assert "good/index.html" in (reports / "index.html").read_text()
+    table = pd.read_csv(reports / "findings.csv")
+    assert set(table["run"]) == {"good", "bad"}
+    assert table.query("run == 'good' and finding == 'unsynced_rank_metrics'")["status"].item() == "detected"
+    # a second execution into the same reports is refused before anything runs
+    assert run_manifest(m, reports, progress=False) == 2
+    assert "a report exists already" in capsys.readouterr().err
+    # the run comparison: 01 ran in 'good' only, so all its findings changed (present vs absent)
+    assert main(["compare", "good", "bad", "--reports", str(reports)]) == 0
+    cmp = capsys.readouterr().out
+    assert "unsynced_rank_metrics" in cmp and "absent" in cmp
+    assert main(["compare", "good", "nope", "--reports", str(reports)]) == 2
+
+
+@pytest.mark.notebook
+def test_the_same_manifest_runs_on_an_external_dask_scheduler(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    bin_dir = os.path.dirname(sys.executable)
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    procs = [subprocess.Popen([os.path.join(bin_dir, "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)]
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert sched_file.exists(), "the dask scheduler did not start"
+        for _ in range(2):
+            procs.append(subprocess.Popen([os.path.join(bin_dir, "dask"), "worker", "--scheduler-file", str(sched_file),
+                                           "--nthreads", "1", "--no-dashboard"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path))
+        import json
+
+        address = json.loads(sched_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        m = write(tmp_path / "m.yaml", "runs:\n  ext:\n    01_r2_gap: {run_demos: false}\n"
+                                       "    02_encoder_variance: {run_demos: false}\n")
+        assert run_manifest(m, tmp_path / "reports", scheduler=address, progress=False) == 0
+        for nb in ("01_r2_gap", "02_encoder_variance"):
+            assert (tmp_path / "reports" / "ext" / nb / "summary.json").exists()
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def headless(*args, cwd):
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={cwd / 'chromium-profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.notebook
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_reports_render_offline_in_a_real_browser(tmp_path):
+    from PIL import Image
+
+    m = write(tmp_path / "m.yaml", "runs:\n  view:\n    01_r2_gap: {run_demos: false}\n")
+    reports = tmp_path / "reports"
+    assert run_manifest(m, reports, progress=False) == 0
+    shot = tmp_path / "index.png"
+    headless("--window-size=1200,1600", f"--screenshot={shot}", (reports / "view" / "index.html").as_uri(), cwd=tmp_path)
+    image = Image.open(shot).convert("L")
+    assert image.size == (1200, 1600)
+    hist = image.histogram()
+    assert max(hist) < 0.97 * sum(hist), "the page rendered blank"
+    dom = headless("--dump-dom", (reports / "view" / "index.html").as_uri(), cwd=tmp_path).stdout
+    assert "unsynced_rank_metrics" in dom and "<img" in dom
+    # the notebook's HTML: MathJax from the local copy typesets the formulas with no network
+    dom = headless("--virtual-time-budget=15000", "--dump-dom", (reports / "view" / "01_r2_gap" / "01_r2_gap.html").as_uri(),
+                   cwd=tmp_path).stdout
+    assert 'class="MathJax_Display' in dom, "math not typeset"
+    fetched = re.findall(r'<(?:script|link)[^>]*(?:src|href)="(https?://[^"]+)"', (reports / "view" / "01_r2_gap" /
+                                                                                 "01_r2_gap.html").read_text())
+    assert fetched == [], f"the page loads from the network: {fetched}"
+
