@@ -132,3 +132,25 @@ def load_callable(name: str, spec: str) -> Callable:
     if not callable(fn):
         raise InputError(name, f"{target!r} has no callable named {attr!r}")
     return fn
+
+
+def check_not_mixed(params: Mapping[str, Any], names) -> None:
+    """Refuse a run that mixes the user's files with the bundled sample run's.
+
+    When the user points one input (of ``names``, the parameters this execution reads) at their
+    own file but leaves another at its sample default, the notebook would diagnose a chimera,
+    e.g. the user's predictions against the sample's logged numbers. One line names the
+    parameter still at the sample and the one that is the user's.
+    """
+    from .findings import input_files
+    from .paths import DATA_SAMPLES, is_sample
+
+    files = input_files({k: params[k] for k in names if k in params})
+    mine = [k for k, p in files.items() if not is_sample(p)]
+    sample = [k for k, p in files.items() if is_sample(p)]
+    if mine and sample:
+        name = sample[0]
+        rel = files[name].relative_to(DATA_SAMPLES.resolve().parent)
+        raise InputError(name.split("[")[0], f"still points at the bundled sample run ({rel}) while {mine[0]} is your "
+                                             f"file: pass your run's file for '{name.split('[')[0]}' too, or \"\" / [] "
+                                             "if you have none")

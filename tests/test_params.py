@@ -74,3 +74,20 @@ def test_misspelt_parameter_is_refused_by_the_notebook_itself(tmp_path, elsewher
 def test_list_parameter_given_as_text(tmp_path, elsewhere):
     summary = execute("02_encoder_variance", {"compare": "[]", "run_demos": False}, tmp_path / "o", cwd=elsewhere)
     assert summary["parameters"]["compare"] == []
+
+
+def test_check_not_mixed(elsewhere):
+    from helpers.params import check_not_mixed
+
+    (elsewhere / "mine.parquet").write_bytes(b"x")
+    sample = {"predictions": "data_samples/01_r2_gap/predictions.parquet", "reported": "data_samples/01_r2_gap/reported.json"}
+    check_not_mixed(sample, ["predictions", "reported"])  # all sample: fine
+    check_not_mixed({**sample, "predictions": "mine.parquet", "reported": ""}, ["predictions", "reported"])  # all yours
+    check_not_mixed({**sample, "predictions": "mine.parquet"}, ["predictions"])  # 'reported' not read
+    with pytest.raises(InputError) as e:
+        check_not_mixed({**sample, "predictions": "mine.parquet"}, ["predictions", "reported"])
+    assert str(e.value).startswith("reported: still points at the bundled sample run (data_samples/01_r2_gap/reported.json)"
+                                   " while predictions is your file")
+    with pytest.raises(InputError, match="^compare: still points"):
+        check_not_mixed({"embeddings": "mine.parquet", "compare": ["data_samples/02_encoder_variance/deterministic.npz"]},
+                        ["embeddings", "compare"])
