@@ -52,3 +52,16 @@ def test_user_docs_stand_alone_and_cover_every_notebook():
     for name in notebook_names():
         assert (REPO_ROOT / "docs" / f"{name}.md").is_file(), name
         assert f"({name}.md)" in index, name
+
+
+def test_every_notebook_parameter_is_documented():
+    import papermill as pm
+
+    from helpers.notebooks import notebook_names
+    from helpers.paths import NOTEBOOKS
+
+    common = {"output_dir", "run_demos", "seed"}
+    for name in notebook_names():
+        doc = (REPO_ROOT / "docs" / f"{name}.md").read_text()
+        for param in set(pm.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb"))) - common:
+            assert f"`{param}`" in doc, f"docs/{name}.md does not document parameter '{param}'"
