@@ -53,9 +53,9 @@ MATERIAL_ADVANTAGE = 1.1
 # curve-space errors of validation samples are computed on at most this many samples (one forward pass each per
 # checkpoint); the parameter-vs-curve correlation and the nearest-neighbour baseline on at most these many.
 MAX_CURVE_SAMPLES = 64
-MAX_CORRELATION_SAMPLES = 200
-MAX_BASELINE_TRAIN = 500
-MAX_BASELINE_VAL = 200
+MAX_CORRELATION_SAMPLES = 120
+MAX_BASELINE_TRAIN = 300
+MAX_BASELINE_VAL = 150
 
 CHECKPOINT_REQUIRED = ("pred", "target", "epoch", "val_loss")
 CHECKPOINT_OPTIONAL = ("train_target", "experiment_pred", "experiment_target", "experiment_curve", "param_names",

@@ -29,8 +29,7 @@ def sample():
     return run, cd.diagnose(run, fwd, 5, 5)
 
 
-@pytest.fixture(scope="module")
-def diabetes_run():
+def make_diabetes_run():
     """A real small torch run: a linear model predicts two diabetes columns (target, bmi) from the other nine
     features, full-batch Adam, smooth convergence; a checkpoint every 10 steps from step 200 on. The experiment is
     a held-out row in the bulk (its target closest to the training median)."""
@@ -63,6 +62,11 @@ def diabetes_run():
     return {"pred": np.stack(preds), "target": y[va], "epoch": np.array(epochs), "val_loss": np.array(val_loss),
             "train_target": y[tr], "experiment_pred": np.stack(exp_preds), "experiment_target": y[exp_i],
             "param_names": np.array(["progression", "bmi"])}
+
+
+@pytest.fixture(scope="module")
+def diabetes_run():
+    return make_diabetes_run()
 
 
 # ----------------------------------------------------------------------------- the sample run
