@@ -114,7 +114,7 @@ def load_inputs(params: Mapping) -> tuple[dict, RunInputs]:
 
     Raises :class:`~helpers.io.InputError` (one line: parameter, file, problem) on any mistake.
     """
-    from .params import check_range, check_types, load_callable
+    from .params import check_not_mixed, check_range, check_types, load_callable
 
     p = dict(params)
     for name, empty_ok in (("fpr_targets", False), ("tpr_targets", True)):
@@ -130,6 +130,8 @@ def load_inputs(params: Mapping) -> tuple[dict, RunInputs]:
         seen = load_table("seen_ids", p["seen_ids"], {"epoch": "int", "sample_id": "key"},
                           {"rank": "int", "worker": "int"})
     fn = load_callable("roc_function", p["roc_function"]) if p["roc_function"].strip() else None
+    # the user's scores against the sample's history (or the reverse) would diagnose a chimera
+    check_not_mixed(p, ("scores", "history", "seen_ids", "roc_function"))
     files = {"scores": str(resolve_path("scores", p["scores"]))}
     if history is not None:
         files["history"] = str(_resolved(p["history"]))

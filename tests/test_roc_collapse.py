@@ -251,3 +251,10 @@ def test_target_lists_accept_text_and_metric_names(tmp_path):
     assert rc.parse_targets("x", "0.5") == [0.5]
     assert rc.parse_targets("x", [0.85, "0.5"]) == [0.5, 0.85]
     assert lf.rate_str(1e-4) == "1e-4" and lf.rate_str(0.001) == "0.001" and lf.rate_str(0.85) == "0.85"
+
+
+def test_a_run_mixing_the_users_files_with_the_sample_is_refused(tmp_path):
+    make_run(tmp_path, epochs=1, n_pos=50, n_neg=50)
+    with pytest.raises(InputError) as e:
+        rc.load_inputs(params(tmp_path, history="data_samples/04_roc_collapse/history.json"))
+    assert str(e.value).startswith("history: ") and "bundled sample" in str(e.value)
