@@ -162,3 +162,11 @@ def test_reports_render_offline_in_a_real_browser(tmp_path):
                                                                                  "01_r2_gap.html").read_text())
     assert fetched == [], f"the page loads from the network: {fetched}"
 
+
+
+def test_samples_manifest_runs_every_notebook_on_its_defaults():
+    from helpers.notebooks import DEFAULT_MANIFEST, notebook_names
+
+    tasks = load_manifest(DEFAULT_MANIFEST)
+    assert [t.notebook for t in tasks] == notebook_names()
+    assert all(t.run == "samples" and t.parameters == {} for t in tasks)
