@@ -448,6 +448,7 @@ def diagnose(run: CheckpointRun, forward: Callable | None = None, last_k: int = 
         scaler, scale_source = ck.fit_scaler(run.target), "target (no train_target)"
     scale = scaler.scale_
     err = ck.per_sample_errors(run.pred, run.target, scale)
+    np.maximum(err, ck.error_floor(err), out=err)  # floored once, in place: a perfect fit is not a division by 0
     ref = int(np.argmin(run.val_loss))
     d = Diagnosis(run, scale, scale_source, err, ck.checkpoint_mse(err), ref, last_k, k)
     target_z = ck.standardise(run.target, scaler)

@@ -43,9 +43,9 @@ from sklearn.neighbors import KDTree, NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
 # chunks of the (E, N, P) prediction array hold at most this many bytes of temporaries
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = 32 * 2**20
 # distributions (noise band, reference k-NN distances, neighbour selection) use at most this many samples
-MAX_REFERENCE = 5000
+MAX_REFERENCE = 2000
 MAX_BAND = 20000
 # a validation sample's error is floored at this share of the mean error (a perfect fit has error 0)
 REL_FLOOR = 1e-9
@@ -90,9 +90,14 @@ def checkpoint_mse(err: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- noise floor
+def error_floor(err: np.ndarray) -> float:
+    return REL_FLOOR * max(float(np.mean(err)), np.finfo(float).tiny)
+
+
 def _floored(err: np.ndarray) -> np.ndarray:
-    floor = REL_FLOOR * max(float(np.mean(err)), np.finfo(float).tiny)
-    return np.maximum(err, floor)
+    """Errors floored at :func:`error_floor`; an array that needs no flooring is returned as is (no copy)."""
+    floor = error_floor(err)
+    return err if float(err.min()) >= floor else np.maximum(err, floor)
 
 
 def advantage(err: np.ndarray, ref: int) -> np.ndarray:
@@ -303,17 +308,23 @@ RADIUS_QUANTILES = (0.1, 0.5, 0.9)
 
 def coverage(train: np.ndarray, point: np.ndarray, reference: np.ndarray, scaler: StandardScaler,
              names: Sequence[str], k: int = 5, max_reference: int = MAX_REFERENCE, seed: int = 0) -> Coverage:
-    """Coverage of ``point`` (P,) by the training targets (M, P), against validation targets (N, P)."""
+    """Coverage of ``point`` (P,) by the training targets (M, P), against validation targets (N, P).
+
+    One KDTree on the standardised training targets answers both the k-NN distances
+    (``KDTree.query``, the same numbers as :func:`knn_distances`) and the counts within radii.
+    """
     tz = standardise(train, scaler)
-    pz = standardise(np.asarray(point)[None], scaler)
-    rz = standardise(np.asarray(reference)[subsample(len(reference), max_reference, seed)], scaler)
-    d_point = float(knn_distances(tz, pz, k)[0])
-    d_ref = knn_distances(tz, rz, k)
+    if k > len(tz):
+        raise ValueError(f"need at least {k} training rows for k={k}, got {len(tz)}")
+    q = np.vstack([standardise(np.asarray(point)[None], scaler),
+                   standardise(np.asarray(reference)[subsample(len(reference), max_reference, seed)], scaler)])
+    tree = KDTree(tz)
+    dist = tree.query(q, k=k)[0].mean(axis=1)
+    d_point, d_ref = float(dist[0]), dist[1:]
     radii = np.quantile(d_ref, RADIUS_QUANTILES)
-    counts = counts_within(tz, pz, radii)[0]
-    ref_counts = counts_within(tz, rz, radii)
-    count_pct = np.array([percentile_of(ref_counts[:, j], counts[j]) for j in range(len(radii))])
-    return Coverage(k, d_point, d_ref, percentile_of(d_ref, d_point), radii, counts, ref_counts, count_pct,
+    counts = np.stack([tree.query_radius(q, r=float(r), count_only=True) for r in radii], axis=1)
+    count_pct = np.array([percentile_of(counts[1:, j], counts[0, j]) for j in range(len(radii))])
+    return Coverage(k, d_point, d_ref, percentile_of(d_ref, d_point), radii, counts[0], counts[1:], count_pct,
                     parameter_ranges(train, point, names))
 
 
@@ -374,18 +385,31 @@ def ensemble(pred: np.ndarray, k: int, how: str = "mean") -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- curves and sensitivity
-def call_forward(fn: Callable, params: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """Curves (n, L) as float64 numpy from a forward model given (n, P) parameters (torch or numpy in/out)."""
+def call_forward(fn: Callable, params: np.ndarray, chunk: int = 2048, fast: bool = True) -> np.ndarray:
+    """Curves (n, L) as float64 numpy from a forward model given (n, P) parameters as a torch tensor.
+
+    ``fast``: pass float32 (about twice as fast for a torch model); a model that fails on float32 gets float64.
+    A forward model may return a tensor or anything ``numpy.asarray`` accepts.
+    """
     import torch
 
     params = np.asarray(params, dtype=np.float64)
-    out = []
-    for a in range(0, len(params), chunk):
-        with torch.no_grad():
-            y = fn(torch.as_tensor(params[a:a + chunk]))
-        y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-        out.append(y.astype(np.float64).reshape(len(params[a:a + chunk]), -1))
-    return np.concatenate(out) if out else np.empty((0, 0))
+
+    def run(dtype):
+        out = []
+        for a in range(0, len(params), chunk):
+            with torch.no_grad():
+                y = fn(torch.as_tensor(params[a:a + chunk], dtype=dtype))
+            y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+            out.append(y.astype(np.float64).reshape(len(params[a:a + chunk]), -1))
+        return np.concatenate(out) if out else np.empty((0, 0))
+
+    if fast:
+        try:
+            return run(torch.float32)
+        except Exception:
+            pass
+    return run(torch.float64)
 
 
 def curve_errors(fn: Callable, pred: np.ndarray, reference_curves: np.ndarray) -> np.ndarray:
@@ -401,7 +425,7 @@ def jacobian(fn: Callable, point: np.ndarray) -> tuple[np.ndarray, str]:
 
     x0 = torch.as_tensor(np.asarray(point, dtype=np.float64))
     try:
-        jac = torch.autograd.functional.jacobian(lambda x: fn(x[None])[0], x0)
+        jac = torch.autograd.functional.jacobian(lambda x: fn(x[None])[0], x0, vectorize=True)
         if not isinstance(jac, torch.Tensor):
             raise TypeError("forward model did not return a tensor")
         return jac.detach().numpy().astype(np.float64), "autograd"
@@ -413,7 +437,7 @@ def finite_difference_jacobian(fn: Callable, point: np.ndarray, rel_step: float 
     """Central differences with a step of ``rel_step`` x max(|x|, 1e-8) per parameter."""
     h = rel_step * np.maximum(np.abs(point), 1e-8)
     shifts = np.concatenate([point + np.diag(h), point - np.diag(h)])
-    c = call_forward(fn, shifts)
+    c = call_forward(fn, shifts, fast=False)
     p = len(point)
     return ((c[:p] - c[p:]) / (2 * h[:, None])).T
 

@@ -227,3 +227,15 @@ def test_error_correlation_matches_scipy_and_handles_constants():
     assert c["spearman_rho"] == pytest.approx(stats.spearmanr(a, b)[0])
     assert np.isnan(ck.error_correlation(a, np.ones(50))["pearson_r"])
     assert np.isnan(ck.error_correlation(a[:2], b[:2])["spearman_rho"])
+
+
+def test_coverage_distances_and_counts_equal_the_standalone_functions():
+    rng = np.random.default_rng(10)
+    train, val = rng.normal(size=(500, 4)) * [1, 10, 100, 1000], rng.normal(size=(80, 4)) * [1, 10, 100, 1000]
+    scaler = ck.fit_scaler(train)
+    point = val[0] * 1.5
+    c = ck.coverage(train, point, val, scaler, list("abcd"), k=3)
+    tz, vz = scaler.transform(train), scaler.transform(val)
+    np.testing.assert_allclose(c.reference_distances, ck.knn_distances(tz, vz, 3), rtol=1e-10)
+    assert c.distance == pytest.approx(ck.knn_distances(tz, scaler.transform(point[None]), 3)[0])
+    np.testing.assert_array_equal(c.reference_counts, ck.counts_within(tz, vz, c.radii))
