@@ -22,7 +22,7 @@ import pandas as pd
 from . import representation as rep
 from .findings import Finding, not_applicable
 from .io import InputError, check_shape, load_arrays, resolve_path
-from .params import check_range, check_types
+from .params import check_not_mixed, check_range, check_types
 
 NOTEBOOK = "02_encoder_variance"
 
@@ -144,6 +144,7 @@ def load_inputs(params: dict[str, Any]) -> tuple[EncoderRun, dict[str, EncoderRu
     """The run to diagnose and the runs to compare it with (keyed by file stem)."""
     p = check_parameters(params)
     run = load_embeddings("embeddings", p["embeddings"])
+    check_not_mixed(p, ["embeddings", "compare"])
     others = {}
     for i, item in enumerate(p["compare"]):
         other = load_embeddings(f"compare[{i}]", item)

@@ -304,7 +304,7 @@ def load_inputs(params: Mapping) -> tuple[dict, pd.DataFrame, dict]:
 
     Raises :class:`~helpers.io.InputError` (one line: parameter, file, problem) on any mistake.
     """
-    from .params import check_range, check_types
+    from .params import check_not_mixed, check_range, check_types
 
     p = check_types(params, PARAMETER_TYPES)
     if p["multioutput"] not in MULTIOUTPUTS:
@@ -315,6 +315,7 @@ def load_inputs(params: Mapping) -> tuple[dict, pd.DataFrame, dict]:
     table = load_predictions("predictions", p["predictions"])
     sessions = sorted(table["session"].unique().tolist(), key=str) if "session" in table.columns else None
     reported = load_reported("reported", p["reported"], sessions) if p["reported"].strip() else {}
+    check_not_mixed(p, ["predictions", "reported"])
     return p, table, reported
 
 

@@ -98,6 +98,7 @@ def _bad_files(d):
     t["y_true"] = 2.5
     t.to_parquet(d / "constant.parquet")
     table.iloc[:1].to_parquet(d / "one_row.parquet")
+    table.to_parquet(d / "mine.parquet")
 
 
 @pytest.mark.parametrize("params, expected", [
@@ -108,6 +109,8 @@ def _bad_files(d):
     ({"tolerance": "tight"}, ["tolerance: expected a number, got 'tight'"]),
     ({"predictions": "constant.parquet"}, ["predictions: ", "constant.parquet", "column 'y_true' is constant (2.5"]),
     ({"predictions": "one_row.parquet"}, ["predictions: ", "one_row.parquet", "has 1 row"]),
+    ({"predictions": "mine.parquet"}, ["reported: still points at the bundled sample run (data_samples/01_r2_gap/reported.json)"
+                                       " while predictions is your file"]),
 ])
 def test_01_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, params, expected):
     _bad_files(elsewhere)
