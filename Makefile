@@ -53,7 +53,7 @@ lab: setup ## open JupyterLab on this environment
 data: setup ## regenerate data_samples/ from the seeded simulators
 	$(PY) -m helpers.simulate data_samples
 
-bench: setup ## speed and memory ratios; table printed and written to bench/results/
+bench: setup ## speed and memory ratios against same-run baselines; table in reports/bench.md
 	$(PY) bench/run.py
 
 student: setup ## student copies of the notebooks (solution cells removed) in student/
