@@ -207,9 +207,27 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun, Callabl
         raise InputError("last_k", f"must be at most the number of checkpoints ({run.n_checkpoints}), got {p['last_k']}")
     if p["k_neighbours"] >= run.n:
         raise InputError("k_neighbours", f"must be below the number of validation samples ({run.n}), got {p['k_neighbours']}")
+    _check_not_mixed(p)
     if forward is not None:
         check_forward(forward, run)
     return p, run, forward
+
+
+SAMPLE_FORWARD_MODEL = "helpers.rocking_curve:forward"
+
+
+def _check_not_mixed(p: Mapping[str, Any]) -> None:
+    """The sample's forward model, or its validation npz, must not be applied to the user's checkpoints."""
+    from .params import check_not_mixed
+    from .paths import is_sample, resolve_existing
+
+    route = ["checkpoint_files", "validation"] if p["checkpoint_files"].strip() else ["checkpoints"]
+    check_not_mixed(p, route)
+    files = [resolve_existing(p[k]) for k in route if p[k].strip()]
+    mine = [f for f in files if f is not None and not is_sample(f)]
+    if mine and p["forward_model"].strip() == SAMPLE_FORWARD_MODEL:
+        raise InputError("forward_model", f"is still the sample run's X-ray rocking-curve model ({SAMPLE_FORWARD_MODEL}) "
+                                          f"while your run is {mine[0].name}: pass your own forward model, or \"\" for none")
 
 
 def check_forward(forward: Callable, run: CheckpointRun) -> None:

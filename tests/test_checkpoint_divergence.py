@@ -268,6 +268,8 @@ def test_bad_inputs_fail_with_one_line(tmp_path, sample):
         (dict(forward_model="helpers.rocking_curve:nothing"), ["forward_model: ", "no callable named 'nothing'"]),
         (dict(forward_model="numpy:ones_like"), ["forward_model: ", "length"]),
         (dict(validation="x.npz"), ["validation: is only used with checkpoint_files"]),
+        (dict(checkpoints=_write(tmp_path, "mine.npz", **good)),
+         ["forward_model: is still the sample run's X-ray rocking-curve model", "while your run is mine.npz"]),
         (dict(FILES, checkpoint_files=str(tmp_path / "none*.pt")), ["checkpoint_files: ", "no file matches"]),
         (dict(FILES, model_factory=""), ["model_factory: is required"]),
         (dict(FILES, model_factory="helpers.checkpoints:fit_scaler"), ["model_factory: raised TypeError"]),
