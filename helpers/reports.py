@@ -77,17 +77,18 @@ def findings_table(reports: Path) -> pd.DataFrame:
 
 def compare_runs(reports: Path, a: str, b: str) -> pd.DataFrame:
     """The findings whose status differs between runs ``a`` and ``b`` (missing on one side included)."""
+    if a == b:
+        raise ValueError(f"compare needs two different runs, got '{a}' twice")
     table = findings_table(reports)
     for run in (a, b):
         if run not in set(table["run"]):
             known = ", ".join(sorted(set(table["run"]))) or "none"
             raise ValueError(f"run '{run}' has no report under {reports} (runs: {known})")
     key = ["notebook", "finding"]
-    left = table[table["run"] == a].set_index(key)[["status", "severity"]]
-    right = table[table["run"] == b].set_index(key)[["status", "severity"]]
-    both = left.join(right, how="outer", lsuffix=f" ({a})", rsuffix=f" ({b})").fillna("absent")
-    changed = both[both[f"status ({a})"] != both[f"status ({b})"]]
-    return changed.reset_index()
+    cols = key + ["status", "severity"]
+    both = table.loc[table["run"] == a, cols].merge(table.loc[table["run"] == b, cols], on=key, how="outer",
+                                                     suffixes=(f" ({a})", f" ({b})")).fillna("absent")
+    return both[both[f"status ({a})"] != both[f"status ({b})"]].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- pages

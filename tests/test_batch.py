@@ -88,6 +88,7 @@ runs:
     cmp = capsys.readouterr().out
     assert "unsynced_rank_metrics" in cmp and "absent" in cmp
     assert main(["compare", "good", "nope", "--reports", str(reports)]) == 2
+    assert main(["compare", "good", "good", "--reports", str(reports)]) == 2
 
 
 @pytest.mark.notebook
