@@ -196,6 +196,7 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun, Callabl
     forward = load_callable("forward_model", p["forward_model"]) if p["forward_model"].strip() else None
     if p["checkpoint_files"].strip():
         run = load_checkpoint_files(p["checkpoint_files"], p["model_factory"], p["validation"], p["last_k"])
+        p["checkpoints"] = ""  # not read on this route: the summary records what was used
     else:
         for name in ("model_factory", "validation"):
             if p[name].strip():

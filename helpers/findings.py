@@ -129,11 +129,30 @@ def input_files(parameters: dict[str, Any]) -> dict[str, Path]:
     for name, value in parameters.items():
         items = [(name, value)] if not isinstance(value, list | tuple) else [(f"{name}[{i}]", v) for i, v in enumerate(value)]
         for key, v in items:
-            if isinstance(v, str) and v.strip() and name != "output_dir":
-                path = resolve_existing(v.rsplit(":", 1)[0] if v.count(":") == 1 and ".py:" in v else v)
-                if path is not None:
-                    out[key] = path
+            if not isinstance(v, str) or not v.strip() or name == "output_dir":
+                continue
+            if any(c in v for c in "*?[") and not v.lstrip().startswith("["):  # a glob of files
+                for i, path in enumerate(_glob_files(v)):
+                    out[f"{key}[{i}]"] = path
+                continue
+            path = resolve_existing(v.rsplit(":", 1)[0] if v.count(":") == 1 and ".py:" in v else v)
+            if path is not None:
+                out[key] = path
     return out
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """Files a glob matches, from the working directory first, then from the repository root."""
+    import glob
+
+    from .paths import REPO_ROOT
+
+    p = Path(pattern).expanduser()
+    for base in ([None] if p.is_absolute() else [Path.cwd(), REPO_ROOT]):
+        found = sorted(glob.glob(str(p if base is None else base / p)))
+        if found:
+            return [Path(f).resolve() for f in found if Path(f).is_file()]
+    return []
 
 
 def verdict_table(findings) -> pd.DataFrame:

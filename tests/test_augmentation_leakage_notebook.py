@@ -27,7 +27,7 @@ def test_sample_run_from_another_directory_and_deterministic(tmp_path, elsewhere
     assert lab[("(a)", 0.02)]["val_over_test"] < 0.3 and lab[("(a)", 0.05)]["val_over_test"] < 0.5
     assert lab[("(c)", 0.02)]["val_over_test"] > 0.8
     assert m["lab_noise_5pct_scan"]["with parent_id"]["detected"]
-    assert summary["parameters"]["is_sample_run"] is True
+    assert summary["sample_run"] is True
     assert len(list((tmp_path / "out" / "figures").glob("*.png"))) == 5
     again = execute(NAME, {}, tmp_path / "again", cwd=elsewhere)
     summary["parameters"].pop("output_dir"), again["parameters"].pop("output_dir")
@@ -45,7 +45,7 @@ def test_made_up_clean_run_without_parents(tmp_path, elsewhere):
     st = status(summary)
     assert "detected" not in st.values(), st
     assert st["parent_leakage"] == "not_applicable"
-    assert summary["parameters"]["is_sample_run"] is False and "lab" not in summary["metrics"]
+    assert summary["sample_run"] is False and "lab" not in summary["metrics"]
 
 
 def _bad(d):

@@ -101,7 +101,9 @@ def test_both_ways_in_give_the_same_diagnosis(sample):
     run, d = sample
     p, frun, fwd = cd.load_inputs(FILES)
     assert frun.source == "checkpoint files" and "val_loss" in frun.val_loss_source
-    np.testing.assert_allclose(frun.pred, run.pred, rtol=1e-5, atol=1e-6)
+    # float32 forward passes differ in the last bits with thread count; compare in target-std units
+    scale = run.target.std(0)
+    np.testing.assert_allclose(frun.pred / scale, run.pred / scale, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(frun.epoch, run.epoch)
     fd = cd.diagnose(frun, fwd, 5, 5)
     assert status(cd.findings(fd)) == status(cd.findings(d))

@@ -27,7 +27,7 @@ def test_sample_run_from_another_directory(tmp_path, elsewhere):
     assert status(s) == SYMPTOM
     m = s["metrics"]
     assert m["val_best_epoch"] != m["experiment_best_epoch"]
-    assert m["inputs"][0].startswith("*** THE BUNDLED SAMPLE RUN")
+    assert s["sample_run"] is True
     assert len(m["lab"]["best_epochs"]) == 2
     assert len(list((tmp_path / "out" / "figures").glob("*.png"))) >= 7
 
@@ -40,6 +40,8 @@ def test_sample_run_from_the_checkpoint_files(tmp_path, elsewhere):
     assert status(s) == SYMPTOM
     assert any(k.startswith("weight average") for k in s["metrics"]["remedies"])
     assert s["metrics"]["source"] == "checkpoint files"
+    assert s["sample_run"] and s["parameters"]["checkpoints"] == ""  # the npz is not read on this route
+    assert sum(k.startswith("checkpoint_files[") for k in s["inputs"]) == 30 and "validation" in s["inputs"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_made_up_runs(tmp_path, elsewhere, made_up):
     base = {"forward_model": "", "run_demos": False}
     healthy = execute(NAME, {**base, "checkpoints": str(made_up / "healthy.npz")}, tmp_path / "h", cwd=elsewhere)
     assert set(status(healthy).values()) == {"not_detected"}
-    assert not healthy["metrics"]["inputs"][0].startswith("***")
+    assert healthy["sample_run"] is False
     again = execute(NAME, {**base, "checkpoints": str(made_up / "healthy.npz")}, tmp_path / "h2", cwd=elsewhere)
     healthy["parameters"].pop("output_dir"), again["parameters"].pop("output_dir")
     assert healthy == again  # same inputs, same summary.json
