@@ -219,16 +219,17 @@ SAMPLE_FORWARD_MODEL = "helpers.rocking_curve:forward"
 
 def _check_not_mixed(p: Mapping[str, Any]) -> None:
     """The sample's forward model, or its validation npz, must not be applied to the user's checkpoints."""
+    from .findings import input_files
     from .params import check_not_mixed
-    from .paths import is_sample, resolve_existing
+    from .paths import is_sample
 
     route = ["checkpoint_files", "validation"] if p["checkpoint_files"].strip() else ["checkpoints"]
     check_not_mixed(p, route)
-    files = [resolve_existing(p[k]) for k in route if p[k].strip()]
-    mine = [f for f in files if f is not None and not is_sample(f)]
+    mine = [str(f) for f in input_files({k: p[k] for k in route}).values() if not is_sample(f)]
     if mine and p["forward_model"].strip() == SAMPLE_FORWARD_MODEL:
         raise InputError("forward_model", f"is still the sample run's X-ray rocking-curve model ({SAMPLE_FORWARD_MODEL}) "
-                                          f"while your run is {mine[0].name}: pass your own forward model, or \"\" for none")
+                                          f"while your run is {mine[0].rsplit('/', 1)[-1]}: pass your own forward model, "
+                                          "or \"\" for none")
 
 
 def check_forward(forward: Callable, run: CheckpointRun) -> None:
@@ -247,10 +248,27 @@ def check_forward(forward: Callable, run: CheckpointRun) -> None:
 
 # --------------------------------------------------------------------------- checkpoint files
 def resolve_glob(param: str, pattern: str) -> list[Path]:
-    """Files matching a glob, from the working directory first, then from the repository root."""
-    from .paths import REPO_ROOT
+    """Files matching a glob, from the working directory first, then from the repository root.
 
-    pat = str(Path(pattern).expanduser())
+    A remote fsspec URL pattern (``https://host/run/*.pt``, ``s3://bucket/run/*.pt``) is globbed
+    by its filesystem and each match fetched to a local copy.
+    """
+    from .io import fetch
+    from .paths import REPO_ROOT, is_remote, local_path
+
+    if is_remote(pattern):
+        from fsspec.core import url_to_fs
+
+        try:
+            fs, root = url_to_fs(pattern.strip())
+            found = sorted(fs.glob(root))
+        except Exception as exc:
+            raise InputError(param, f"cannot list this URL pattern ({type(exc).__name__}: {_first_line(exc)})",
+                             pattern) from None
+        if not found:
+            raise InputError(param, "no file matches this pattern", pattern)
+        return [fetch(param, fs.unstrip_protocol(f)) for f in found]
+    pat = str(Path(local_path(pattern)).expanduser())
     roots = [Path(pat)] if Path(pat).is_absolute() else [Path.cwd() / pat, REPO_ROOT / pat]
     for root in roots:
         found = sorted(Path(f) for f in glob.glob(str(root)) if Path(f).is_file())

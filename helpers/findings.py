@@ -117,13 +117,14 @@ class Summary:
         return verdict_table(self.findings.values())
 
 
-def input_files(parameters: dict[str, Any]) -> dict[str, Path]:
+def input_files(parameters: dict[str, Any]) -> dict[str, Path | str]:
     """The files that parameters name: {parameter (or parameter[i] in a list): resolved path}.
 
     A string counts when it is an existing file, taken from the working directory first and
-    then from the repository root (as the loaders do); ``"file.py:function"`` counts its file.
+    then from the repository root (as the loaders do); ``"file.py:function"`` counts its file;
+    a remote fsspec URL (``https://``, ``s3://``) counts as given, a ``file://`` URL as its path.
     """
-    from .paths import resolve_existing
+    from .paths import is_remote, local_path, resolve_existing
 
     out = {}
     for name, value in parameters.items():
@@ -131,6 +132,10 @@ def input_files(parameters: dict[str, Any]) -> dict[str, Path]:
         for key, v in items:
             if not isinstance(v, str) or not v.strip() or name == "output_dir":
                 continue
+            if is_remote(v):
+                out[key] = v.strip()
+                continue
+            v = str(local_path(v))
             if any(c in v for c in "*?[") and not v.lstrip().startswith("["):  # a glob of files
                 for i, path in enumerate(_glob_files(v)):
                     out[f"{key}[{i}]"] = path

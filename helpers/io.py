@@ -37,11 +37,16 @@ def resolve_path(param: str, value: str | Path, suffixes: Sequence[str] = ()) ->
     Relative paths are taken from the current working directory first, then
     from the repository root (so the sample-run defaults work from anywhere).
     """
-    from .paths import REPO_ROOT
+    from .paths import REPO_ROOT, is_remote, local_path
 
     if not isinstance(value, str | Path) or not str(value).strip():
         raise InputError(param, f"expected a file path, got {value!r}")
-    path = Path(value).expanduser()
+    if is_remote(value):
+        found = fetch(param, str(value).strip())
+        if suffixes and found.suffix.lower() not in suffixes:
+            raise InputError(param, f"unsupported file type {found.suffix!r}, expected {' or '.join(suffixes)}", value)
+        return found
+    path = Path(local_path(value)).expanduser()
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
@@ -50,6 +55,63 @@ def resolve_path(param: str, value: str | Path, suffixes: Sequence[str] = ()) ->
     if suffixes and found.suffix.lower() not in suffixes:
         raise InputError(param, f"unsupported file type {found.suffix!r}, expected {' or '.join(suffixes)}", found)
     return found.resolve()
+
+
+_FETCHED: dict[str, Path] = {}
+_FETCH_DIR: Path | None = None
+FETCH_TIMEOUT_S = 60  # an HTTP server that stops answering fails in a minute instead of hanging
+
+
+def fetch(param: str, url: str) -> Path:
+    """A local copy of the file an fsspec URL names (``https://``, ``s3://``...), fetched once per process.
+
+    The copy keeps the file's name, so its type is known from the suffix as for a local path,
+    and every loader (parquet, npz, torch, TensorBoard) reads it as a local file. Copies live in
+    a temporary folder removed when the process exits.
+    """
+    if url in _FETCHED and _FETCHED[url].is_file():
+        return _FETCHED[url]
+    import atexit
+    import hashlib
+    import shutil
+    import tempfile
+    from pathlib import PurePosixPath
+    from urllib.parse import urlsplit
+
+    import fsspec
+
+    global _FETCH_DIR
+    if _FETCH_DIR is None:
+        _FETCH_DIR = Path(tempfile.mkdtemp(prefix="helpers-inputs-"))
+        atexit.register(shutil.rmtree, _FETCH_DIR, ignore_errors=True)
+    url_path = urlsplit(url.split("::")[-1]).path
+    name = PurePosixPath(url_path).name
+    if not name or url_path.endswith("/"):
+        raise InputError(param, "a URL must name a file, not a folder", url)
+    dest = _FETCH_DIR / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        options = {}
+        if url.lower().startswith(("http://", "https://")):
+            import aiohttp
+
+            options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(sock_connect=FETCH_TIMEOUT_S,
+                                                                         sock_read=FETCH_TIMEOUT_S)}
+        with fsspec.open(url, "rb", **options) as src, open(part, "wb") as out:
+            shutil.copyfileobj(src, out, length=1 << 20)
+    except FileNotFoundError as exc:
+        cause = exc.__cause__  # fsspec's HTTP filesystem says "not found" for any failed request
+        if cause is None or getattr(cause, "status", None) == 404:
+            raise InputError(param, "file not found", url) from None
+        raise InputError(param, f"cannot be fetched ({type(cause).__name__}: {_first_line(cause)})", url) from None
+    except (ImportError, ValueError) as exc:  # no fsspec backend for this protocol (s3fs, gcsfs...)
+        raise InputError(param, f"cannot open this URL ({_first_line(exc)})", url) from None
+    except Exception as exc:  # refused connection, timeout, permission...
+        raise InputError(param, f"cannot be fetched ({type(exc).__name__}: {_first_line(exc)})", url) from None
+    part.replace(dest)
+    _FETCHED[url] = dest
+    return dest
 
 
 def load_table(
@@ -315,11 +377,11 @@ def load_history(param: str, value: str | Path) -> pd.DataFrame:
     keys ``tpr@fpr<x>`` / ``fpr@tpr<x>`` found (prefixes such as ``val_`` removed; rates in
     [0, 1]), then any other numeric column. See :func:`parse_metric_key`.
     """
-    from .paths import REPO_ROOT
+    from .paths import REPO_ROOT, is_remote, local_path
 
     if not isinstance(value, str | Path) or not str(value).strip():
         raise InputError(param, f"expected a file or directory path, got {value!r}")
-    raw = Path(value).expanduser()
+    raw = fetch(param, str(value).strip()) if is_remote(value) else Path(local_path(value)).expanduser()
     candidates = [raw] if raw.is_absolute() else [Path.cwd() / raw, REPO_ROOT / raw]
     path = next((c for c in candidates if c.exists()), None)
     if path is None:

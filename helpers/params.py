@@ -114,6 +114,10 @@ def load_callable(name: str, spec: str) -> Callable:
     if not isinstance(spec, str) or spec.count(":") < 1:
         raise InputError(name, f"expected 'module:function' or 'path/to/file.py:function', got {spec!r}")
     target, _, attr = spec.rpartition(":")
+    from .paths import is_remote
+
+    if is_remote(target) or is_remote(spec):
+        raise InputError(name, f"code is imported from local files or installed modules only, not from a URL: {spec!r}")
     try:
         if target.endswith(".py"):
             from .io import resolve_path

@@ -34,4 +34,26 @@ def resolve_existing(value: str | Path) -> Path | None:
 
 def is_sample(path: str | Path) -> bool:
     """True for a file inside ``data_samples/``, the bundled sample runs."""
-    return Path(path).resolve().is_relative_to(DATA_SAMPLES.resolve())
+    return not is_remote(path) and Path(local_path(path)).resolve().is_relative_to(DATA_SAMPLES.resolve())
+
+
+def url_protocol(value: str | Path) -> str | None:
+    """``"https"`` for ``"https://host/f.parquet"``; None for a plain path (``file://`` gives ``"file"``)."""
+    head, sep, _ = str(value).strip().partition("://")
+    parts = head.lower().split("::")  # chained URLs: "simplecache::s3://bucket/key"
+    ok = sep and all(len(p) > 1 and p.replace("+", "").replace("-", "").isalnum() for p in parts)
+    return parts[0] if ok else None
+
+
+def local_path(value: str | Path) -> str | Path:
+    """A ``file://`` URL as the plain path it names; anything else unchanged."""
+    if url_protocol(value) in ("file", "local"):
+        from fsspec.core import url_to_fs
+
+        return url_to_fs(str(value).strip())[1]
+    return value
+
+
+def is_remote(value: str | Path) -> bool:
+    """True for an fsspec URL that is not a local file (``https://``, ``s3://``...)."""
+    return url_protocol(value) not in (None, "file", "local")
