@@ -651,7 +651,7 @@ def experiment_sparse_coverage(d: Diagnosis) -> Finding:
             f"validation radius ({c.count_percentiles[1]:.0f}th percentile)")
     if c.percentile >= SPARSE_PERCENTILE:
         return Finding(fid, "detected", "warning", f"Sparse region: {text}; add training samples around it.", ev)
-    return Finding(fid, "not_detected", "warning", f"Covered like a typical validation sample: {text}.", ev)
+    return Finding(fid, "not_detected", "info", f"Covered like a typical validation sample: {text}.", ev)
 
 
 def experiment_outside_support(d: Diagnosis) -> Finding:
@@ -672,7 +672,7 @@ def experiment_outside_support(d: Diagnosis) -> Finding:
                f"(max {ev['max_validation_knn_distance']:.2f})" if c.beyond_reference else "")
         return Finding(fid, "detected", "critical", f"The experiment is outside the training support ({why}): every "
                        "checkpoint extrapolates there, and validation loss says nothing about it.", ev)
-    return Finding(fid, "not_detected", "critical", "The experiment lies inside the training ranges and no farther from the "
+    return Finding(fid, "not_detected", "info", "The experiment lies inside the training ranges and no farther from the "
                    f"training set than the validation samples (k-NN distance {c.distance:.2f} SD, validation max "
                    f"{ev['max_validation_knn_distance']:.2f}).", ev)
 
@@ -690,10 +690,10 @@ def swing_within_noise(d: Diagnosis) -> Finding:
           "validation_median_advantage": n.sample_median, "validation_p95_advantage": n.sample_p95,
           "median_epoch_to_epoch_change": float(np.median(n.step_change)), "threshold_percentile": NOISE_PERCENTILE}
     if d.ideal == d.ref:
-        return Finding(fid, "not_detected", "warning", f"The val-loss-best checkpoint (epoch {d.val_best_epoch}) is also the best "
+        return Finding(fid, "not_detected", "info", f"The val-loss-best checkpoint (epoch {d.val_best_epoch}) is also the best "
                        "on the experiment: there is no swing to explain.", ev)
     if n.experiment_advantage < MATERIAL_ADVANTAGE:
-        return Finding(fid, "not_detected", "warning", f"No material swing: the best checkpoint on the experiment (epoch "
+        return Finding(fid, "not_detected", "info", f"No material swing: the best checkpoint on the experiment (epoch "
                        f"{d.ideal_epoch}) is only {n.experiment_advantage:.3f}x better than the val-loss-best epoch {d.val_best_epoch}.", ev)
     text = (f"epoch {d.ideal_epoch} fits the experiment {n.experiment_advantage:.2f}x better than the val-loss-best epoch "
             f"{d.val_best_epoch} ({d.experiment_space} error); {100 - n.percentile:.0f}% of validation samples have an own best "
@@ -701,7 +701,7 @@ def swing_within_noise(d: Diagnosis) -> Finding:
     if n.percentile <= NOISE_PERCENTILE:
         return Finding(fid, "detected", "warning", f"The swing is inside the noise floor: {text}; the 'ideal' epoch is ordinary "
                        "epoch-to-epoch luck, not a better model.", ev)
-    return Finding(fid, "not_detected", "warning", f"The swing exceeds the noise floor: {text}; the checkpoints really differ "
+    return Finding(fid, "not_detected", "info", f"The swing exceeds the noise floor: {text}; the checkpoints really differ "
                    "on this experiment (look at coverage and sensitivity).", ev)
 
 
@@ -717,7 +717,7 @@ def selection_does_not_generalize(d: Diagnosis) -> Finding:
     if d.experiment_neighbours is not None:
         ev["experiment_neighbours"] = d.experiment_neighbours
     if not np.isfinite(s.surviving_share) or s.in_sample_ratio < MATERIAL_ADVANTAGE:
-        return Finding(fid, "not_detected", "warning", f"A sample's own best checkpoint beats the val-loss-best one by "
+        return Finding(fid, "not_detected", "info", f"A sample's own best checkpoint beats the val-loss-best one by "
                        f"{s.in_sample_ratio:.3f}x on average: there is no material per-sample choice to make.", ev)
     text = (f"a checkpoint chosen on one validation sample is {s.in_sample_ratio:.2f}x better than the val-loss-best one on "
             f"that sample but {s.held_out_ratio:.2f}x on its {d.k} nearest neighbours ({s.surviving_share:.0%} of the advantage "
@@ -730,7 +730,7 @@ def selection_does_not_generalize(d: Diagnosis) -> Finding:
     if s.surviving_share < SURVIVING_SHARE_MIN:
         return Finding(fid, "detected", "warning", f"Choosing the checkpoint on the test case does not generalise: {text}; "
                        "report the val-loss-best (or an ensemble) and keep the experiment for testing.", ev)
-    return Finding(fid, "not_detected", "warning", f"Per-sample checkpoint choice carries over to similar samples: {text}.", ev)
+    return Finding(fid, "not_detected", "info", f"Per-sample checkpoint choice carries over to similar samples: {text}.", ev)
 
 
 def ensemble_improves(d: Diagnosis) -> Finding:

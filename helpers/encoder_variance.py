@@ -234,7 +234,7 @@ def representation_collapse(m: Measurements) -> Finding:
                if d.icc >= BETWEEN_SHARE_MIN else " and the posterior means themselves barely differ between puzzles")
         msg = f"only {share:.0%} of the embedding variance separates puzzles (< {BETWEEN_SHARE_MIN:.0%}),{why}; the decoder cannot tell tasks apart."
         return Finding(fid, "detected", "critical", msg, ev)
-    return Finding(fid, "not_detected", "critical",
+    return Finding(fid, "not_detected", "info",
                    f"{share:.0%} of the embedding variance separates puzzles (ICC of the means {d.icc:.2f}): tasks get distinct embeddings.", ev)
 
 
@@ -246,7 +246,7 @@ def dimensional_collapse(m: Measurements) -> Finding:
           "threshold": RANK_SHARE_MIN, "variant": "RankMe on centred z, singular values, eps=1e-7"}
     status = "detected" if m.rank_share < RANK_SHARE_MIN else "not_detected"
     verb = "uses only" if status == "detected" else "uses"
-    return Finding(fid, status, "warning",
+    return Finding(fid, status, "warning" if status == "detected" else "info",
                    f"the embedding {verb} {m.effective_rank:.1f} effective dimensions of {m.effective_rank_max} possible ({m.rank_share:.0%}; RankMe).", ev)
 
 
@@ -262,7 +262,7 @@ def sampling_noise_dominates(m: Measurements) -> Finding:
     if ratio > SAMPLING_OVER_BETWEEN_MAX:
         return Finding(fid, "detected", "critical",
                        f"repeat-pass variance is {ratio:.2g}x the between-puzzle variance: two samples of one demonstration differ more than two puzzles; lower the KL weight or sample less noise.", ev)
-    return Finding(fid, "not_detected", "critical",
+    return Finding(fid, "not_detected", "info",
                    f"repeat-pass variance is {ratio:.2g}x the between-puzzle variance: puzzles stand out of the sampling noise.", ev)
 
 
@@ -279,7 +279,7 @@ def stochasticity_collapsed(m: Measurements) -> Finding:
     if share < STOCHASTIC_SHARE_MIN:
         return Finding(fid, "detected", "warning",
                        f"sampling is {share:.1%} of the embedding variance (< {STOCHASTIC_SHARE_MIN:.0%}): the variational encoder has collapsed to a deterministic one; raise the KL weight or drop the variational head.", ev)
-    return Finding(fid, "not_detected", "warning",
+    return Finding(fid, "not_detected", "info",
                    f"sampling is {share:.1%} of the embedding variance: the encoder is still stochastic.", ev)
 
 
@@ -292,7 +292,7 @@ def inactive_units(m: Measurements) -> Finding:
         ev["kl_total_nats"] = float(m.kl_per_dim.sum())
         ev["units_kl_below_0.01_nats"] = int((m.kl_per_dim < 0.01).sum())
     status = "detected" if m.inactive_share > INACTIVE_SHARE_MAX else "not_detected"
-    return Finding(fid, status, "warning",
+    return Finding(fid, status, "warning" if status == "detected" else "info",
                    f"{a.n_active} of {a.n_units} units are active (mean varies by more than 1% of {ref}); "
                    f"{a.n_units - a.n_active} carry no information about the input.", ev)
 

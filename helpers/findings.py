@@ -33,6 +33,8 @@ class Finding:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
+        if self.status == "not_detected" and self.severity != "info":  # severity grades what was found
+            raise ValueError(f"{self.id}: a finding that was not detected has severity 'info', got {self.severity!r}")
         if not self.message or "\n" in self.message:
             raise ValueError("message must be one non-empty line")
 
