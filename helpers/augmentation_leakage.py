@@ -159,6 +159,9 @@ def load_group_metrics(param: str, value, baseline_run: str, groups: list | None
     df = load_table(param, value, {"group": "key", "run": "key", "value": "float"})
     path = resolve_path(param, value)
     df["group"], df["run"] = df["group"].astype(str), df["run"].astype(str)
+    if (df["value"] < 0).any():
+        raise InputError(param, f"column 'value' must be >= 0, found {df['value'].min():g}: a loss (lower is better), "
+                                "compared with the baseline's as a ratio", path)
     runs = sorted(df["run"].unique())
     if baseline_run not in runs:
         raise InputError(param, f"no rows with run == {baseline_run!r} (baseline_run); runs: {', '.join(runs)}", path)
@@ -316,8 +319,11 @@ def _proxy_gap(run: Run, x, is_train, is_val, scan, seed: int) -> dict:
         return t, v
 
     actual = fit_eval(pool[is_train[pool]], pool[is_val[pool]])
-    tr, va = next(lk.reference_splits(groups, is_val[pool].mean(), 1, seed))
-    clean = fit_eval(pool[tr], pool[va])
+    if len(np.unique(groups)) >= 2:
+        tr, va = next(lk.reference_splits(groups, is_val[pool].mean(), 1, seed))
+        clean = fit_eval(pool[tr], pool[va])
+    else:  # every row is one (pseudo-)parent: no split keeps parents apart
+        clean = (np.nan, np.nan)
     rel = lambda t, v: (v - t) / v if v > 0 else np.nan  # noqa: E731
     out = {"reference_model": "ExtraTreesRegressor(30 trees, 100 leaves)", "rows": len(pool),
            "actual_split": {"train_mse": actual[0], "val_mse": actual[1], "relative_gap": rel(*actual)},
@@ -367,6 +373,11 @@ def _near_dup_finding(d: Diagnosis) -> Finding:
           "train_near_duplicate_share": s.train_near_duplicate_share, "link_radius": s.link_radius}
     how = {"parent_id": "a re-split by parent_id", "pseudo-parents": "a re-split by clusters of near-identical rows",
            "rows": "a random re-split (no near-identical rows found)"}[s.reference_kind]
+    if not np.isfinite(s.threshold):  # one (pseudo-)parent holds every row: nothing to re-split
+        unit = "parent_id" if s.reference_kind == "parent_id" else "cluster of near-identical rows"
+        return not_applicable(fid, f"All train and validation rows share one {unit}, so no re-split keeps them apart to "
+                                   f"compare distances with ({s.n_exact_duplicate_rows} rows repeat another row's "
+                                   "features exactly).")
     if s.detected:
         return Finding(fid, "detected", "critical",
                        f"About {100 * s.leaked_share:.0f}% of validation rows sit closer to a training row than "
@@ -420,7 +431,7 @@ def _composition_finding(d: Diagnosis) -> Finding:
     top = c.sort_values("implicit_weight").iloc[-1]
     low = c.sort_values("weight_ratio").iloc[0]
     extra = ""
-    if d.weighted:
+    if d.weighted and np.isfinite(d.weighted["this"]["row_weighted"]):  # NaN when no group with metrics has val rows
         w = d.weighted["this"]
         extra = (f"; row-weighted metric {w['row_weighted']:.3f} vs macro {w['macro']:.3f}"
                  + (f", tier-balanced {w['tier_balanced']:.3f}" if np.isfinite(w["tier_balanced"]) else ""))
@@ -462,6 +473,10 @@ def _gap_finding(d: Diagnosis) -> Finding:
     if not np.isfinite(g["run_relative_gap"]):
         return not_applicable(fid, "train_loss and val_loss not given (parameters): no logged gap to judge.")
     clean, actual, run_gap = g["clean_split"]["relative_gap"], g["actual_split"]["relative_gap"], g["run_relative_gap"]
+    if not (np.isfinite(clean) and np.isfinite(actual)):
+        why = ("all rows are one (pseudo-)parent, so no split keeps parents apart" if np.isnan(g["clean_split"]["val_mse"])
+               else "the reference model's validation error is 0 (is 'target' constant?)")
+        return not_applicable(fid, f"No clean-split gap to judge the logged one by: {why}.")
     ev = {**g, "run_train_loss": d.run.train_loss, "run_val_loss": d.run.val_loss}
     small = run_gap < GAP_SHARE * clean
     split_shrinks = actual < GAP_SHARE * clean

@@ -136,6 +136,8 @@ class CheckpointRun:
         epoch = a["epoch"]
         if not np.array_equal(epoch, np.round(epoch)):
             raise InputError(param, "array 'epoch' must hold integers", where)
+        if (epoch < 0).any():
+            raise InputError(param, f"array 'epoch' must be >= 0, got {epoch.min():g}", where)
         if len(np.unique(epoch)) != e:
             raise InputError(param, "array 'epoch' repeats an epoch; each checkpoint needs its own", where)
         if "train_target" in a:
@@ -347,6 +349,9 @@ def load_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep
     import torch
 
     paths = resolve_glob("checkpoint_files", pattern)
+    if len(paths) < 2:
+        raise InputError("checkpoint_files", f"matches {len(paths)} checkpoint file; need at least 2 to compare "
+                                             "checkpoints", paths[0])
     if not factory_spec.strip():
         raise InputError("model_factory", "is required with checkpoint_files: 'module:function' returning the nn.Module")
     if not validation.strip():
@@ -391,6 +396,9 @@ def load_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep
         out = predict(model, x)
         if out.shape != target.shape:
             raise InputError("checkpoint_files", f"the model predicts shape {out.shape} for 'x', but 'target' is {target.shape}", path)
+        if not np.isfinite(out).all():
+            raise InputError("checkpoint_files", f"with these weights the model predicts {int((~np.isfinite(out)).sum())} "
+                                                 "NaN/inf values for 'x' (a diverged checkpoint?)", path)
         preds.append(out)
         if exp_x is not None:
             exp_preds.append(predict(model, exp_x[None])[0])

@@ -42,6 +42,8 @@ STOCHASTIC_SHARE_MIN = 0.05
 # helpers.representation.ActiveUnits).
 INACTIVE_SHARE_MAX = 0.25
 ACTIVE_THRESHOLD = rep.BURDA_THRESHOLD
+# logvar above this is refused: exp(logvar) would overflow float64 (e**709.8 is its largest value)
+MAX_LOGVAR = 700.0
 
 FINDING_IDS = ("representation_collapse", "dimensional_collapse", "sampling_noise_dominates",
                "stochasticity_collapsed", "inactive_units")
@@ -115,7 +117,25 @@ class EncoderRun:
         for key, a in (("z", z), ("z_samples", samples), ("logvar", logvar)):
             if a is not None and a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise InputError(param, f"array '{key}' has {int((~np.isfinite(a)).sum())} NaN/inf values", where)
+        for key, a in (("z", z), ("z_samples", samples)):
+            _check_magnitude(param, where, key, a)
+        if logvar is not None and logvar.size and logvar.max() > MAX_LOGVAR:
+            raise InputError(param, f"array 'logvar' has values up to {float(logvar.max()):.4g}: exp(logvar), the "
+                                    "posterior variance, overflows float64 (is it the log-variance?)", where)
         return cls(name, z, group, samples, logvar, Path(path) if path is not None else None)
+
+
+def _check_magnitude(param: str, where, key: str, a: np.ndarray | None) -> None:
+    """Refuse values whose sums of squares over the rows overflow the dtype they are summed in
+    (float32 stays float32 in the Gram matrix; other dtypes become float64)."""
+    if a is None or a.dtype.kind != "f" or not a.size:
+        return
+    dtype = np.float32 if a.dtype == np.float32 else np.float64
+    largest = max(float(a.max()), -float(a.min()))
+    if largest > np.sqrt(np.finfo(dtype).max / a.shape[0]) / 8:
+        hint = "; save it as float64" if dtype is np.float32 else ""
+        raise InputError(param, f"array '{key}' has values as large as {largest:.3g}: their sums of squares would overflow "
+                                f"{np.dtype(dtype).name} (a diverged encoder?){hint}", where)
 
 
 def _check_numeric(param: str, where, key: str, a: np.ndarray) -> None:

@@ -119,6 +119,30 @@ class Summary:
         return verdict_table(self.findings.values())
 
 
+def start_output(notebook: str, output_dir: Any = "") -> Path:
+    """Where an execution writes summary.json and figures (see :func:`helpers.paths.output_dir_for`),
+    with an earlier execution's summary.json removed.
+
+    A notebook calls this first, before it checks its inputs: a summary.json in the directory is
+    then always this execution's, written by :meth:`Summary.write` when it completes, and a run
+    that stops on a bad input leaves none behind (not an older one that looks like its result).
+    """
+    from .io import InputError
+    from .paths import output_dir_for
+
+    if not isinstance(output_dir, str | Path):
+        raise InputError("output_dir", f"expected a directory path (a string), got {output_dir!r}")
+    try:
+        out = output_dir_for(notebook, output_dir)
+        (out / "summary.json").unlink(missing_ok=True)
+    except OSError as exc:
+        where = Path(exc.filename) if getattr(exc, "filename", None) else Path(str(output_dir))
+        what = "is a file, expected a directory" if where.is_file() else \
+            f"cannot be used as the output directory ({type(exc).__name__}: {exc.strerror or exc})"
+        raise InputError("output_dir", what, where) from None
+    return out
+
+
 def input_files(parameters: dict[str, Any]) -> dict[str, Path | str]:
     """The files that parameters name: {parameter (or parameter[i] in a list): resolved path}.
 

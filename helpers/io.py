@@ -124,7 +124,8 @@ def load_table(
     """Read a .parquet or .csv table and check its schema.
 
     ``required`` and ``optional`` map column names to a kind: ``"float"``
-    (numeric, finite), ``"int"`` (integer-valued numbers), ``"binary"`` (0/1),
+    (numeric, finite), ``"int"`` (integer-valued numbers), ``"count"`` (integers >= 0:
+    epochs, ranks, worker ids, batch indices), ``"binary"`` (0/1),
     or ``"key"`` (any hashable values, no missing ones). Extra columns are kept.
     """
     path = resolve_path(param, value, TABLE_SUFFIXES)
@@ -158,29 +159,47 @@ def _check_column(param: str, path: Path, s: pd.Series, col: str, kind: str) -> 
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise InputError(param, f"column '{col}' has {int(bad.sum())} NaN/inf values (first at row {first})", path)
-    if kind in ("int", "binary") and not np.array_equal(values, np.round(values)):
+    if kind in ("int", "count", "binary") and not np.array_equal(values, np.round(values)):
         raise InputError(param, f"column '{col}' must hold integers", path)
+    if kind == "count" and (values < 0).any():
+        raise InputError(param, f"column '{col}' must be >= 0, found {values.min():g}", path)
     if kind == "binary" and not np.isin(values, (0, 1)).all():
         raise InputError(param, f"column '{col}' must hold only 0 and 1", path)
     if kind == "float":
         return s.astype(float)
-    if kind in ("int", "binary"):
+    if kind in ("int", "count", "binary"):
         return s.astype(np.int64)
     raise ValueError(f"unknown column kind {kind!r}")
 
 
 def load_arrays(param: str, value: str | Path, required: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """Read an .npz file; check required keys are present and numeric arrays are finite."""
+    """Read an .npz file; check required keys are present and numeric arrays are finite.
+
+    Only the ``required`` and ``optional`` arrays are read (extra arrays are ignored); an
+    object array among them is refused by name, never unpickled.
+    """
     path = resolve_path(param, value, (".npz",))
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            names = list(npz.files)
+            missing = [k for k in required if k not in names]
+            if missing:
+                raise InputError(param, f"missing required array {', '.join(map(repr, missing))} "
+                                        f"(found: {', '.join(names) or 'none'})", path)
+            out = {}
+            for k in (k for k in names if k in required or k in optional):
+                try:
+                    out[k] = npz[k]
+                except ValueError as exc:
+                    if "allow_pickle" not in str(exc):
+                        raise
+                    raise InputError(param, f"array '{k}' is an object array (pickled Python objects), which is "
+                                            "never unpickled: save it as numbers or strings (np.asarray(x, dtype=str))",
+                                     path) from None
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(param, f"cannot be read as .npz ({type(exc).__name__}: {_first_line(exc)})", path) from None
-    missing = [k for k in required if k not in arrays]
-    if missing:
-        raise InputError(param, f"missing required array {', '.join(map(repr, missing))} (found: {', '.join(arrays) or 'none'})", path)
-    out = {k: v for k, v in arrays.items() if k in required or k in optional}
     for k, a in out.items():
         if a.size == 0:
             raise InputError(param, f"array '{k}' is empty", path)
@@ -273,6 +292,9 @@ def _history_frame(param: str, path: Path, df: pd.DataFrame) -> pd.DataFrame:
     epoch = pd.to_numeric(df["epoch"], errors="coerce")
     if epoch.isna().all():
         raise InputError(param, "no numeric 'epoch' values", path)
+    _refuse_words(param, path, df["epoch"], epoch, "epoch")
+    if np.isinf(epoch.to_numpy(dtype=float, na_value=np.nan)).any():
+        raise InputError(param, "'epoch' has infinite values", path)
     df = df.loc[epoch.notna()].assign(epoch=epoch[epoch.notna()])
     if not np.allclose(df["epoch"], np.round(df["epoch"])):
         raise InputError(param, "'epoch' must hold whole epochs", path)
@@ -285,6 +307,8 @@ def _history_frame(param: str, path: Path, df: pd.DataFrame) -> pd.DataFrame:
         s = pd.to_numeric(df[orig], errors="coerce") if df[orig].dtype == object else df[orig]
         if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
             continue  # text columns are not history values
+        if new in ("train_loss", "val_loss") or parse_metric_key(new):  # the values read: a word is no number
+            _refuse_words(param, path, df[orig], s, orig)
         if np.isinf(s.to_numpy(dtype=float, na_value=np.nan)).any() and parse_metric_key(new):
             raise InputError(param, f"'{orig}' has infinite values", path)
         numeric[new] = s.astype(float)
@@ -321,6 +345,15 @@ def _read_history_json(param: str, path: Path) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
+def _refuse_words(param: str, path: Path, raw: pd.Series, numbers: pd.Series, name: str) -> None:
+    """Refuse a value that is given (not missing, not blank) but is no number."""
+    text = raw.astype(str).str.strip()
+    bad = numbers.isna() & raw.notna() & (text != "")
+    if bad.any():
+        raise InputError(param, f"'{name}' must be numeric, found {str(raw[bad].iloc[0])!r} in {int(bad.sum())} "
+                                "entries", path)
+
+
 def _huggingface_history(param: str, path: Path, log: list) -> pd.DataFrame:
     """trainer_state.json: train entries ("loss", fractional epoch) and eval entries ("eval_*") per epoch.
 
@@ -331,15 +364,23 @@ def _huggingface_history(param: str, path: Path, log: list) -> pd.DataFrame:
         raise InputError(param, "log_history must be a list of objects", path)
     rows: dict[int, dict] = {}
     train: dict[int, list] = {}
-    for r in log:
+
+    def number(r: dict, key: str, i: int, finite: bool) -> float:  # a diverged run may log a NaN loss
+        v = r[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or (finite and not math.isfinite(v)):
+            what = "a finite number" if finite else "a number"
+            raise InputError(param, f"log_history entry {i}: '{key}' must be {what}, got {v!r}", path)
+        return float(v)
+
+    for i, r in enumerate(log):
         if "epoch" not in r or "train_runtime" in r:
             continue
-        e = float(r["epoch"])
+        e = number(r, "epoch", i, finite=True)
         if any(k.startswith("eval_") for k in r):
             row = rows.setdefault(int(round(e)), {})
             row.update({k: v for k, v in r.items() if k.startswith("eval_")})
         elif "loss" in r:
-            train.setdefault(int(math.ceil(e - 1e-9)), []).append(float(r["loss"]))
+            train.setdefault(int(math.ceil(e - 1e-9)), []).append(number(r, "loss", i, finite=False))
     for e, losses in train.items():
         rows.setdefault(e, {})["train_loss"] = float(np.mean(losses))
     if not rows:

@@ -296,12 +296,15 @@ def active_units(z, logvar=None, z_samples=None, threshold: float = BURDA_THRESH
 
 
 def kl_per_dim(z, logvar) -> np.ndarray:
-    """Mean over inputs of KL(N(mu, exp(logvar)) || N(0, 1)) per unit, in nats (torch.distributions)."""
-    mu = torch.as_tensor(flatten(z).astype(np.float64))
-    std = torch.exp(0.5 * torch.as_tensor(flatten(logvar).astype(np.float64)))
-    post = torch.distributions.Normal(mu, std)
-    prior = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
-    return torch.distributions.kl_divergence(post, prior).mean(dim=0).numpy()
+    """Mean over inputs of KL(N(mu, exp(logvar)) || N(0, 1)) per unit, in nats.
+
+    The closed form 0.5 (mu^2 + exp(logvar) - 1 - logvar), as torch.distributions computes it,
+    but from logvar itself: a collapsed posterior whose exp(logvar / 2) underflows to 0 still has a
+    finite KL (torch.distributions.Normal refuses a scale of 0).
+    """
+    mu = flatten(z).astype(np.float64)
+    lv = flatten(logvar).astype(np.float64)
+    return (0.5 * (mu * mu + np.exp(lv) - 1.0 - lv)).mean(axis=0)
 
 
 # --------------------------------------------------------------------------- the source's metrics

@@ -89,15 +89,21 @@ def parse_targets(name: str, value, allow_empty: bool = False) -> list[float]:
 def load_scores(param: str, value) -> pd.DataFrame:
     """The per-epoch scores table: epoch, label, score and/or logit; optional pair_id, sample_id."""
     path = resolve_path(param, value, (".parquet", ".csv"))
-    head = pd.read_parquet(path).columns if path.suffix == ".parquet" else pd.read_csv(path, nrows=0).columns
-    if "score" not in head and "logit" not in head:
-        raise InputError(param, f"needs a 'score' or a 'logit' column (found: {', '.join(map(str, head[:12]))})", path)
     optional = {"score": "float", "logit": "float", "sample_id": "key"}
-    df = load_table(param, path, {"epoch": "int", "label": "binary"}, optional)
+    df = load_table(param, path, {"epoch": "count", "label": "binary"}, optional)
+    if "score" not in df.columns and "logit" not in df.columns:
+        raise InputError(param, f"needs a 'score' or a 'logit' column (found: {', '.join(map(str, df.columns[:12]))})", path)
+    if "score" in df.columns and ((df["score"] < 0) | (df["score"] > 1)).any():
+        raise InputError(param, f"column 'score' must hold probabilities in [0, 1], found {df['score'].min():g} to "
+                                f"{df['score'].max():g}: logits go in a 'logit' column", path)
     if "pair_id" in df.columns:
         pid = pd.to_numeric(df["pair_id"], errors="coerce")
-        if pid.isna().all() and df["pair_id"].notna().any():
-            raise InputError(param, "column 'pair_id' must hold integers (missing or negative: unpaired)", path)
+        num = pid.to_numpy(dtype=float, na_value=np.nan)
+        bad = df["pair_id"].notna().to_numpy() & ~(np.isfinite(num) & (num == np.round(num)))
+        if bad.any():
+            first = df.loc[bad, "pair_id"].iloc[0]
+            raise InputError(param, f"column 'pair_id' must hold integers (missing or negative: unpaired), found "
+                                    f"{str(first)!r} in {int(bad.sum())} rows", path)
         df["pair_id"] = pid.fillna(-1).astype(np.int64)
     counts = df.groupby("epoch")["label"].agg(["sum", "size"])
     for e, r in counts.iterrows():
@@ -127,8 +133,8 @@ def load_inputs(params: Mapping) -> tuple[dict, RunInputs]:
     history = load_history("history", p["history"]) if p["history"].strip() else None
     seen = None
     if p["seen_ids"].strip():
-        seen = load_table("seen_ids", p["seen_ids"], {"epoch": "int", "sample_id": "key"},
-                          {"rank": "int", "worker": "int"})
+        seen = load_table("seen_ids", p["seen_ids"], {"epoch": "count", "sample_id": "key"},
+                          {"rank": "count", "worker": "count"})
     fn = load_callable("roc_function", p["roc_function"]) if p["roc_function"].strip() else None
     # the user's scores against the sample's history (or the reverse) would diagnose a chimera
     check_not_mixed(p, ("scores", "history", "seen_ids", "roc_function"))
