@@ -15,13 +15,18 @@ as the notebooks take them (working directory, then repository root). Every
 mistake (bad YAML, an unknown notebook or parameter, a missing file) is refused
 before anything executes, in one line naming the run, notebook and key. Each
 (run, notebook) is one dask task; a failing notebook does not stop the others.
+Each task's result records the worker it ran on and its start and end (epoch
+seconds), so that how many notebooks executed at once can be computed afterwards
+(:func:`max_concurrency`); ``make run`` keeps that record in ``reports/execution.json``.
 """
 
 from __future__ import annotations
 
 import difflib
 import glob
+import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from functools import cache
@@ -53,6 +58,7 @@ class Task:
     run: str
     notebook: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # the notebook file to execute, if not notebooks/<notebook>.ipynb (bench/batch.py)
 
     @property
     def key(self) -> str:
@@ -159,11 +165,23 @@ def check_targets(tasks: list[Task], reports: Path, force: bool) -> None:
                                                           "to replace it, or use another run name")
 
 
+def _worker_name() -> str:
+    """The dask worker executing this task (its address), else this host and process."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def execute_task(task: Task, reports: str) -> dict:
     """Run one notebook into ``reports/<run>/<notebook>/``; never raises for a failing notebook.
 
-    Runs on a dask worker: it imports what it needs, and returns plain data.
+    Runs on a dask worker: it imports what it needs, and returns plain data, with the
+    worker and the task's start and end (epoch seconds, this machine's clock).
     """
+    start = time.time()
     from .notebooks import NotebookFailed, execute
 
     out = Path(reports) / task.run / task.notebook
@@ -171,9 +189,9 @@ def execute_task(task: Task, reports: str) -> dict:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
-    result = {"run": task.run, "notebook": task.notebook, "dir": str(out), "error": None}
+    result = {"run": task.run, "notebook": task.notebook, "dir": str(out), "error": None, "worker": _worker_name()}
     try:
-        execute(task.notebook, task.parameters, out, html=True)
+        execute(task.notebook, task.parameters, out, html=True, source=task.source)
         result["status"] = "ok"
     except NotebookFailed as exc:
         result.update(status="failed", error=exc.line)
@@ -183,27 +201,94 @@ def execute_task(task: Task, reports: str) -> dict:
         result.update(status="failed", error=line)
         (out / "error.txt").write_text(f"{line}\n")
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    result.update(start=round(start, 3), end=round(time.time(), 3))
     return result
 
 
+def max_concurrency(results: list[dict]) -> int:
+    """The most tasks that executed at the same moment, from their recorded [start, end) intervals."""
+    events = sorted([(r["start"], 1) for r in results if r.get("start") is not None]
+                    + [(r["end"], -1) for r in results if r.get("start") is not None])  # an end sorts before a start
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def kernel_threads_env(workers: int) -> dict[str, str]:
+    """Thread counts for the kernels of a local cluster: this machine's cores shared among the workers.
+
+    dask sets OMP/MKL/OpenBLAS threads to 1 in every worker process, and the kernels inherit it:
+    right for many single-threaded tasks per machine, but one notebook per worker would then leave
+    all cores but ``workers`` idle. Each kernel gets ``cores // workers`` threads instead.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = str(max(1, cores // max(1, workers)))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+
+
+@dataclass
+class Execution:
+    """What one :func:`run_tasks` did: each task's result, and how many tasks the cluster could run at once."""
+
+    results: list[dict]
+    slots: int  # worker threads of the cluster (the most seen, at submission or at the end): the bound on concurrency
+    started: float  # epoch seconds: before the cluster was started or reached
+    finished: float  # after it was closed or left
+
+    @property
+    def max_concurrency(self) -> int:
+        return max_concurrency(self.results)
+
+    def record(self, manifest: str | Path | None = None, scheduler: str | None = None) -> dict:
+        """A small JSON-able record; task start and end are seconds from ``started``."""
+        def rel(t: float | None) -> float | None:
+            return None if t is None else round(t - self.started, 3)
+
+        return {"manifest": str(manifest) if manifest else None, "scheduler": scheduler or "local",
+                "slots": self.slots, "max_concurrency": self.max_concurrency,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+                "seconds": round(self.finished - self.started, 3),
+                "tasks": [{"run": r["run"], "notebook": r["notebook"], "status": r["status"], "worker": r.get("worker"),
+                           "start": rel(r.get("start")), "end": rel(r.get("end")), "seconds": r.get("seconds")}
+                          for r in self.results]}
+
+
+def write_record(execution: Execution, reports: Path, manifest: str | Path | None = None,
+                 scheduler: str | None = None) -> Path:
+    """``reports/execution.json``: the last execution into ``reports`` (workers, start and end of each task)."""
+    import json
+
+    path = Path(reports) / "execution.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(execution.record(manifest, scheduler), indent=1) + "\n")
+    return path
+
+
 def run_tasks(tasks: list[Task], reports: Path = REPORTS, scheduler: str | None = None, workers: int = 2,
-              progress: bool = True) -> list[dict]:
-    """Execute every task on dask.distributed: an in-process LocalCluster, or the cluster at ``scheduler``."""
+              progress: bool = True) -> Execution:
+    """Execute every task on dask.distributed: an in-process LocalCluster, or the cluster at ``scheduler``.
+
+    Each worker thread executes one notebook at a time (one kernel), so at most ``slots`` execute at once.
+    """
     import logging
 
     from distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    started = time.time()
     cluster = None
     if scheduler:
         client = Client(scheduler, timeout="20s")
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.ERROR, env=kernel_threads_env(workers))
         client = Client(cluster)
     results = []
     try:
+        slots = sum(client.nthreads().values())
         futures = [client.submit(execute_task, t, str(reports), key=f"notebook-{t.key}", pure=False) for t in tasks]
         bar = tqdm(total=len(futures), desc="notebooks", unit="nb", disable=not progress)
         for fut in as_completed(futures):
@@ -213,14 +298,16 @@ def run_tasks(tasks: list[Task], reports: Path = REPORTS, scheduler: str | None 
                 key = fut.key.removeprefix("notebook-")
                 run, _, nb = key.partition("/")
                 res = {"run": run, "notebook": nb, "status": "failed", "error": f"worker lost: {exc}", "seconds": None,
-                       "dir": str(reports / run / nb)}
+                       "dir": str(reports / run / nb), "worker": None, "start": None, "end": None}
             results.append(res)
             bar.set_postfix_str(f"{res['run']}/{res['notebook']} {res['status']}")
             bar.update()
         bar.close()
+        slots = max(slots, sum(client.nthreads().values()))  # workers of an external cluster may join late
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
     order = {t.key: i for i, t in enumerate(tasks)}
-    return sorted(results, key=lambda r: order.get(f"{r['run']}/{r['notebook']}", 0))
+    results = sorted(results, key=lambda r: order.get(f"{r['run']}/{r['notebook']}", 0))
+    return Execution(results, slots, started, time.time())

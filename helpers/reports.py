@@ -2,7 +2,8 @@
 
 ``reports/<run>/index.html`` shows each notebook's verdict table, its first figures
 inline, a link to its HTML and, for a failed notebook, the one line of its error;
-``reports/index.html`` lists the runs; ``reports/findings.csv`` has one row per
+``reports/index.html`` lists the runs and says how the last execution went (from
+``reports/execution.json``: each task's worker, start and end); ``reports/findings.csv`` has one row per
 (run, notebook, finding). Pages and notebook HTML need no network: MathJax is
 served from ``reports/_static/mathjax`` (copied from jupyter-server-mathjax).
 """
@@ -160,10 +161,22 @@ def write_root_index(reports: Path) -> Path:
                     f"<td>{html.escape(', '.join(failed)) or '-'}</td></tr>")
     body = ("<h1>Diagnostic reports</h1><table><tr><th>run</th><th>notebooks</th><th>findings detected</th>"
             "<th>critical</th><th>failed</th></tr>" + "".join(rows) + "</table>"
-            "<p class=\"meta\">findings.csv: one row per (run, notebook, finding).</p>")
+            "<p class=\"meta\">findings.csv: one row per (run, notebook, finding).</p>" + _last_execution(reports))
     path = reports / "index.html"
     path.write_text(_page("Diagnostic reports", body))
     return path
+
+
+def _last_execution(reports: Path) -> str:
+    """One line on the last execution into ``reports`` (execution.json), or nothing."""
+    try:
+        rec = json.loads((Path(reports) / "execution.json").read_text())
+        line = (f"last execution: {len(rec['tasks'])} notebooks in {rec['seconds']:.0f} s, started {rec['started']}, "
+                f"on {'a local cluster' if rec['scheduler'] == 'local' else rec['scheduler']} with {rec['slots']} "
+                f"worker threads; at most {rec['max_concurrency']} notebooks at once (execution.json).")
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"<p class=\"meta\">{html.escape(line)}</p>"
 
 
 def write_reports(reports: Path, runs: list[str]) -> list[Path]:

@@ -1,5 +1,6 @@
 """Batch re-execution: manifests refused before anything runs, dask execution, report pages."""
 
+import json
 import os
 import re
 import shutil
@@ -10,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from helpers.batch import ManifestError, check_targets, load_manifest
+from helpers.batch import ManifestError, check_targets, load_manifest, max_concurrency
 from helpers.notebooks import main, run_manifest
 from helpers.paths import DATA_SAMPLES
 
@@ -109,8 +110,6 @@ def test_the_same_manifest_runs_on_an_external_dask_scheduler(tmp_path):
             procs.append(subprocess.Popen([os.path.join(bin_dir, "dask"), "worker", "--scheduler-file", str(sched_file),
                                            "--nthreads", "1", "--no-dashboard"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path))
-        import json
-
         address = json.loads(sched_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:")
         m = write(tmp_path / "m.yaml", "runs:\n  ext:\n    01_r2_gap: {run_demos: false}\n"
@@ -118,6 +117,8 @@ def test_the_same_manifest_runs_on_an_external_dask_scheduler(tmp_path):
         assert run_manifest(m, tmp_path / "reports", scheduler=address, progress=False) == 0
         for nb in ("01_r2_gap", "02_encoder_variance"):
             assert (tmp_path / "reports" / "ext" / nb / "summary.json").exists()
+        record = json.loads((tmp_path / "reports" / "execution.json").read_text())
+        assert record["scheduler"] == address and 1 <= record["max_concurrency"] <= record["slots"] <= 2
     finally:
         for p in procs[::-1]:
             p.terminate()
@@ -126,6 +127,42 @@ def test_the_same_manifest_runs_on_an_external_dask_scheduler(tmp_path):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_max_concurrency_counts_overlapping_intervals():
+    iv = [{"start": a, "end": b} for a, b in [(0, 10), (1, 3), (2, 4), (3, 5)]]
+    assert max_concurrency(iv) == 3  # (0,10), (1,3), (2,4) at 2.5; an interval ending at 3 does not overlap one starting at 3
+    assert max_concurrency([{"start": 0, "end": 1}, {"start": 1, "end": 2}]) == 1
+    assert max_concurrency([{"start": None, "end": None}]) == 0 and max_concurrency([]) == 0
+
+
+@pytest.mark.notebook
+def test_the_runner_bounds_concurrency_and_reexecution_gives_the_same_summaries(tmp_path, capsys):
+    """Four tasks (three runs) on the default two workers: each recorded, never more than two at once;
+    then the sample run's two notebooks again with --force: summary.json byte for byte the same."""
+    cheap = "".join(f"  c{i}:\n    01_r2_gap: {{run_demos: false}}\n" for i in range(1, 3))
+    sample_run = "  samples:\n    01_r2_gap: {}\n    02_encoder_variance: {}\n"
+    reports = tmp_path / "reports"
+    assert run_manifest(write(tmp_path / "all.yaml", "runs:\n" + sample_run + cheap), reports, progress=False) == 0
+    record = json.loads((reports / "execution.json").read_text())
+    tasks = record["tasks"]
+    assert sorted(f"{t['run']}/{t['notebook']}" for t in tasks) == sorted(
+        [f"c{i}/01_r2_gap" for i in range(1, 3)] + ["samples/01_r2_gap", "samples/02_encoder_variance"])
+    assert all(t["status"] == "ok" and t["worker"] and 0 <= t["start"] < t["end"] <= record["seconds"] for t in tasks)
+    assert record["slots"] == 2 and len({t["worker"] for t in tasks}) <= 2
+    assert max_concurrency(tasks) == record["max_concurrency"] == 2, tasks  # both workers busy, never more
+    assert "at most 2 of 2 worker threads busy at once" in capsys.readouterr().out
+    assert "last execution: 4 notebooks in " in (reports / "index.html").read_text()
+
+    first = {nb: (reports / "samples" / nb / "summary.json").read_bytes()
+             for nb in ("01_r2_gap", "02_encoder_variance")}
+    assert main(["run", str(write(tmp_path / "samples.yaml", "runs:\n" + sample_run)), "--reports", str(reports),
+                 "--force"]) == 0
+    assert [(t["run"], t["notebook"]) for t in json.loads((reports / "execution.json").read_text())["tasks"]] == \
+        [("samples", "01_r2_gap"), ("samples", "02_encoder_variance")]
+    for nb, before in first.items():
+        again = (reports / "samples" / nb / "summary.json").read_bytes()
+        assert again == before, f"{nb}: summary.json differs after re-execution"
 
 
 def chromium():

@@ -13,7 +13,9 @@ def test_bench_quick_writes_its_table(tmp_path):
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "bench.md").read_text()
     assert "BROKEN" not in table
-    for row in ("candidate computations", "streamed reconciliation", "variance decomposition"):
+    for row in ("candidate computations", "streamed reconciliation", "variance decomposition",
+                "floor through the same runner", "most notebooks executing at once",
+                "peak memory of workers + kernels"):
         assert row in table
 
 
