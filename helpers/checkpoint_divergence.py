@@ -276,6 +276,9 @@ def resolve_glob(param: str, pattern: str) -> list[Path]:
         found = sorted(Path(f) for f in glob.glob(str(root)) if Path(f).is_file())
         if found:
             return [f.resolve() for f in found]
+    folder = next((r for r in roots if r.is_dir()), None)
+    if folder is not None:
+        raise InputError(param, f"is a directory: give a glob of its checkpoints, such as {folder / '*.pt'}", folder)
     raise InputError(param, "no file matches this pattern", roots[0])
 
 

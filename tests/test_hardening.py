@@ -684,7 +684,7 @@ case("03f", "two files of one epoch", Refused("checkpoint_files", "ckpt", "two f
     checkpoint_fault(lambda path: _torch_save(path, lambda o: {**o, "epoch": 14}), index=2))
 case("03f", "one checkpoint file", Refused("checkpoint_files", "epoch_07.pt", "1 checkpoint.*at least 2"))(
     lambda d, p: {"checkpoint_files": str(d / "ckpt" / "epoch_07.pt"), "last_k": 2})
-case("03f", "a directory for the files", Refused("checkpoint_files", "ckpt", "no file matches"))(
+case("03f", "a directory for the files", Refused("checkpoint_files", "ckpt", "is a directory: give a glob"))(
     lambda d, p: {"checkpoint_files": str(d / "ckpt")})
 case("03f", "checkpoints without val_loss", DIAGNOSED)(
     lambda d, p: [_torch_save(f, lambda o: {"state_dict": o["state_dict"]}) for f in (d / "ckpt").glob("*.pt")] and {})
