@@ -49,9 +49,12 @@ def floor_notebook(name: str, path: Path) -> Path:
 def papermill_seconds(notebook: Path, out_dir: Path, params: dict | None = None) -> float:
     import papermill as pm
 
+    from helpers.notebooks import kernel_manager_class
+
     t0 = time.perf_counter()
     pm.execute_notebook(str(notebook), str(out_dir / "out.ipynb"), parameters=params or {},
-                        kernel_name="python3", progress_bar=False, cwd=str(out_dir))
+                        kernel_name="python3", progress_bar=False, cwd=str(out_dir),
+                        kernel_manager_class=kernel_manager_class())
     return time.perf_counter() - t0
 
 

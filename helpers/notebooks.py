@@ -24,7 +24,7 @@ KERNEL = "python3"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _kernel_manager_class():
+def kernel_manager_class():
     """papermill's kernel manager with CurveZMQ transport encryption when the kernel supports it.
 
     ipykernel >= 7.3 warns on every start of a kernel bound over TCP without encryption; the
@@ -85,7 +85,7 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
         pm.execute_notebook(str(source or NOTEBOOKS / f"{name}.ipynb"), str(executed), parameters=params,
                             kernel_name=KERNEL, cwd=str(cwd) if cwd else None,
                             progress_bar=progress, log_output=False,
-                            kernel_manager_class=_kernel_manager_class(), shutdown_kernel="immediate")
+                            kernel_manager_class=kernel_manager_class(), shutdown_kernel="immediate")
     except pm.PapermillExecutionError as exc:
         lines = [_ANSI.sub("", t) for t in exc.traceback if t.strip()]
         last = lines[-1].strip().splitlines()[-1] if lines else f"{exc.ename}: {exc.evalue}"
