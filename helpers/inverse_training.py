@@ -22,7 +22,6 @@ checkpoint every epoch. Training is seeded and single-threaded: same seed, same 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 from torch import nn
 
 from . import rocking_curve as rc
-from .training import FastAdam
+from .training import FastAdam, deterministic_torch
 
 PARAM_NAMES = rc.PARAM_NAMES
 LOW = np.array([0.004, 0.001, 1500.0, 0.0, 0.001, 300.0, -3500.0])
@@ -61,18 +60,6 @@ def satisfies_constraints(p: np.ndarray) -> np.ndarray:
     return ((dmax >= 0.004) & (dmax <= 0.03) & (d01 >= 0.001) & (d01 <= dmax) & (l1 >= 1500) & (l1 <= 7000)
             & (rp1 >= 0) & (rp1 <= 0.7 * l1) & (d02 >= 0.001) & (d01 + d02 <= 0.03 + 1e-12)
             & (l2 >= 300) & (l2 <= l1 / 2) & (rp2 <= 0) & (rp2 >= -l2))
-
-
-@contextlib.contextmanager
-def deterministic_torch(seed: int):
-    """Seeded, single-threaded torch inside the block (the thread count is restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

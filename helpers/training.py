@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.optim.adam import adam
+
+
+@contextlib.contextmanager
+def deterministic_torch(seed: int):
+    """Seeded, single-threaded torch inside the block; the thread count is restored after.
+
+    One thread fixes the summation order; the ops the simulators and labs use (linear layers,
+    ReLU, dropout, randn) are deterministic on CPU, so ``torch.use_deterministic_algorithms``
+    is not needed (and it imports ``torch._dynamo``, about a second).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class FastAdam:

@@ -19,7 +19,6 @@ Everything is seeded and single-threaded, so the files are identical each run.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import zipfile
 from dataclasses import dataclass, replace
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training import FastAdam
+from ..training import FastAdam, deterministic_torch
 
 NOTEBOOK = "02_encoder_variance"
 
@@ -60,23 +59,6 @@ ENCODERS = {
     "deterministic": (False, 0.0),
     "healthy_variational": (True, 1e-3),
 }
-
-
-@contextlib.contextmanager
-def deterministic_torch(seed: int):
-    """Seeded, single-threaded torch inside the block; the thread count is restored after.
-
-    One thread fixes the summation order; the ops used here (linear layers, ReLU, dropout,
-    randn) are deterministic on CPU, so ``torch.use_deterministic_algorithms`` is not
-    needed (and it imports ``torch._dynamo``, about a second).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class PuzzleTask:
