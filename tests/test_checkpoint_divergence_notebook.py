@@ -2,11 +2,11 @@
 
 import json
 
-import nbformat
 import numpy as np
 import pytest
+from notebook_checks import failure_line
 
-from helpers.notebooks import NotebookFailed, execute
+from helpers.notebooks import execute
 from helpers.paths import DATA_SAMPLES
 
 pytestmark = pytest.mark.notebook
@@ -81,10 +81,5 @@ def test_made_up_runs(tmp_path, elsewhere, made_up):
     ({"last_k": 0}, ["InputError: last_k: must be in [2, 1000], got 0"]),
 ])
 def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, params, expected):
-    with pytest.raises(NotebookFailed) as e:
-        execute(NAME, {**params, "run_demos": False}, tmp_path / "out", cwd=elsewhere)
-    line = e.value.line
-    assert line.startswith("InputError: ") and all(part in line for part in expected), line
-    executed = nbformat.read(tmp_path / "out" / f"{NAME}.ipynb", as_version=4)
-    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert len(errors) == 1 and len(errors[0].traceback) == 1
+    line = failure_line(NAME, {**params, "run_demos": False}, tmp_path / "out", cwd=elsewhere)
+    assert all(part in line for part in expected), line

@@ -177,17 +177,9 @@ def execute(parameters, output_dir, cwd=None):
 
 
 def failure_line(parameters, output_dir, cwd):
-    import nbformat
+    from notebook_checks import failure_line as one_line
 
-    from helpers.notebooks import NotebookFailed
-
-    with pytest.raises(NotebookFailed) as exc:
-        execute(parameters, output_dir, cwd)
-    executed = nbformat.read(output_dir / f"{NAME}.ipynb", as_version=4)
-    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert len(errors) == 1 and len(errors[0].traceback) == 1  # one line, no traceback
-    assert exc.value.line.startswith("InputError: ")
-    return exc.value.line
+    return one_line(NAME, parameters, output_dir, cwd)
 
 
 @pytest.mark.notebook

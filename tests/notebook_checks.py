@@ -1,0 +1,25 @@
+"""A check every notebook's bad-input tests share: the execution stops with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers.notebooks import NotebookFailed, execute
+
+
+def failure_line(name: str, parameters: dict, output_dir: Path, cwd: Path | None = None) -> str:
+    """Execute ``name`` expecting it to fail; return its ``InputError: ...`` line.
+
+    The executed notebook must hold exactly one error output, of one line: no traceback.
+    """
+    with pytest.raises(NotebookFailed) as exc:
+        execute(name, parameters, output_dir, cwd=cwd)
+    executed = nbformat.read(Path(output_dir) / f"{name}.ipynb", as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "error"]
+    assert len(errors) == 1 and len(errors[0].traceback) == 1, "not one error line"
+    assert exc.value.line.startswith("InputError: "), exc.value.line
+    return exc.value.line
