@@ -42,10 +42,7 @@ def resolve_path(param: str, value: str | Path, suffixes: Sequence[str] = ()) ->
     if not isinstance(value, str | Path) or not str(value).strip():
         raise InputError(param, f"expected a file path, got {value!r}")
     if is_remote(value):
-        found = fetch(param, str(value).strip())
-        if suffixes and found.suffix.lower() not in suffixes:
-            raise InputError(param, f"unsupported file type {found.suffix!r}, expected {' or '.join(suffixes)}", value)
-        return found
+        return fetch(param, str(value).strip(), suffixes)
     path = Path(local_path(value)).expanduser()
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]
     found = next((c for c in candidates if c.is_file()), None)
@@ -62,15 +59,15 @@ _FETCH_DIR: Path | None = None
 FETCH_TIMEOUT_S = 60  # an HTTP server that stops answering fails in a minute instead of hanging
 
 
-def fetch(param: str, url: str) -> Path:
+def fetch(param: str, url: str, suffixes: Sequence[str] = ()) -> Path:
     """A local copy of the file an fsspec URL names (``https://``, ``s3://``...), fetched once per process.
+
+    A name whose suffix is not in ``suffixes`` (when given) is refused before anything is fetched.
 
     The copy keeps the file's name, so its type is known from the suffix as for a local path,
     and every loader (parquet, npz, torch, TensorBoard) reads it as a local file. Copies live in
     a temporary folder removed when the process exits.
     """
-    if url in _FETCHED and _FETCHED[url].is_file():
-        return _FETCHED[url]
     import atexit
     import hashlib
     import shutil
@@ -80,14 +77,19 @@ def fetch(param: str, url: str) -> Path:
 
     import fsspec
 
-    global _FETCH_DIR
-    if _FETCH_DIR is None:
-        _FETCH_DIR = Path(tempfile.mkdtemp(prefix="helpers-inputs-"))
-        atexit.register(shutil.rmtree, _FETCH_DIR, ignore_errors=True)
     url_path = urlsplit(url.split("::")[-1]).path
     name = PurePosixPath(url_path).name
     if not name or url_path.endswith("/"):
         raise InputError(param, "a URL must name a file, not a folder", url)
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffixes and suffix not in suffixes:  # refused before anything is fetched
+        raise InputError(param, f"unsupported file type {suffix!r}, expected {' or '.join(suffixes)}", url)
+    if url in _FETCHED and _FETCHED[url].is_file():
+        return _FETCHED[url]
+    global _FETCH_DIR
+    if _FETCH_DIR is None:
+        _FETCH_DIR = Path(tempfile.mkdtemp(prefix="helpers-inputs-"))
+        atexit.register(shutil.rmtree, _FETCH_DIR, ignore_errors=True)
     dest = _FETCH_DIR / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
