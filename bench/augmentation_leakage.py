@@ -3,7 +3,7 @@
 
 The rows are made here (seeded) with the source's structure: parents, 50 noisy copies for a
 third of them, 25 for another third, none for the rest, then a row-wise split. The scan
-(``helpers.leakage.nearest_distance``: faiss IVF index above its exact limit) runs in a child
+(``helpers.augmentation_leakage.leakage.nearest_distance``: faiss IVF index above its exact limit) runs in a child
 process whose VmHWM is its peak memory; recall of the exact nearest neighbour is measured on a
 10^4-row query subsample against faiss's exact IndexFlatL2. The baseline is scikit-learn's
 brute-force ``NearestNeighbors`` on the same training rows, timed on a query subsample and
@@ -46,7 +46,7 @@ import numpy as np
 import faiss
 sys.path.insert(0, sys.argv[1])
 from augmentation_leakage import make_rows
-from helpers import leakage as lk
+from helpers.augmentation_leakage import leakage as lk
 n_rows, d, n_recall = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 x, is_val = make_rows(n_rows, d)
 train, val = np.ascontiguousarray(x[~is_val]), np.ascontiguousarray(x[is_val])

@@ -3,10 +3,10 @@
 * ``make run`` on the sample runs (``manifests/samples.yaml``: all five notebooks, two at a time on
   the default 2-process LocalCluster) against the five floor notebooks (each notebook's own import
   cell, nothing else: ``run.floor_notebook``) executed through the same runner: the same
-  ``helpers.batch.run_tasks`` on a LocalCluster of the same size, one papermill execution per task,
+  ``helpers.runner.batch.run_tasks`` on a LocalCluster of the same size, one papermill execution per task,
   HTML conversion per task. Both sides start and close their own cluster. The real side is
   ``run_manifest`` itself, so the index pages and findings.csv (milliseconds) count on the real side
-  only; the start of a Python process for `python -m helpers.notebooks` is on neither side (both run
+  only; the start of a Python process for `python -m helpers.runner.execute` is on neither side (both run
   in this process). Interleaved, best of ``REPEATS``; target 2.0.
 * A 20-run manifest (the cheap notebooks 01 and 02 in turn, ``run_demos: false``, on the sample
   data, one output folder per run): the most notebooks executing at once, from the task intervals
@@ -32,8 +32,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from helpers.batch import Task, max_concurrency, run_tasks
-from helpers.notebooks import DEFAULT_MANIFEST, notebook_names, run_manifest
+from helpers.runner.batch import Task, max_concurrency, run_tasks
+from helpers.runner.execute import DEFAULT_MANIFEST, notebook_names, run_manifest
 
 WORKERS = 2  # the default cluster of `make run`
 REPEATS = 2

@@ -25,7 +25,7 @@ REPEATS = 3
 
 
 def make_run(e: int = E, n: int = N, p: int = P, seed: int = 0):
-    from helpers.checkpoint_divergence import CheckpointRun
+    from helpers.checkpoint_divergence.diagnosis import CheckpointRun
 
     rng = np.random.default_rng(seed)
     target = rng.standard_normal((n, p)).astype(np.float32) * np.linspace(0.01, 5000, p, dtype=np.float32)
@@ -47,7 +47,7 @@ def baseline(run) -> np.ndarray:
 
 
 def ours(run):
-    from helpers import checkpoint_divergence as cd
+    from helpers.checkpoint_divergence import diagnosis as cd
 
     d = cd.diagnose(run, None, last_k=5, k=5)
     return cd.findings(d)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from helpers import representation as rep
+from helpers.encoder_variance import representation as rep
 
 N, D, G = 1_000_000, 256, 10_000
 TARGET = 3.0

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_curve
 
-from helpers import low_fpr as lf
-from helpers import roc_collapse as rc
+from helpers.roc_collapse import diagnosis as rc
+from helpers.roc_collapse import low_fpr as lf
 
 N = 1_300_000
 EPOCHS = 12

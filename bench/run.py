@@ -49,7 +49,7 @@ def floor_notebook(name: str, path: Path) -> Path:
 def papermill_seconds(notebook: Path, out_dir: Path, params: dict | None = None) -> float:
     import papermill as pm
 
-    from helpers.notebooks import kernel_manager_class
+    from helpers.runner.execute import kernel_manager_class
 
     t0 = time.perf_counter()
     pm.execute_notebook(str(notebook), str(out_dir / "out.ipynb"), parameters=params or {},
@@ -91,7 +91,7 @@ def eval_log(n: int, ranks: int = 8, batch_size: int = 64, sessions: int = 10, s
 def bench_reconciliation(n: int) -> dict:
     from sklearn.metrics import r2_score
 
-    from helpers import regression as reg
+    from helpers.r2_gap import regression as reg
 
     df = eval_log(n)
     t_ref = best_of(lambda: r2_score(df["y_true"], df["y_pred"]), repeat=5)
@@ -105,7 +105,7 @@ def bench_reconciliation(n: int) -> dict:
 # would report the forked copy of this process, which holds the 10^7-row frame).
 _STREAM_CHILD = """
 import resource, sys, time
-from helpers import regression as reg
+from helpers.r2_gap import regression as reg
 t0 = time.perf_counter()
 run = reg.group_run_streamed(sys.argv[1], chunk_rows=int(sys.argv[2]), progress=False)
 cand = reg.candidate_table(run)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the bench runs")
     parser.add_argument("--out", default=str(ROOT / "reports"), help="folder for bench.md and bench.json")
     args = parser.parse_args(argv)
-    from helpers.notebooks import notebook_names
+    from helpers.runner.execute import notebook_names
 
     jobs = []
     if not args.quick:

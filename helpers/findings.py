@@ -65,13 +65,13 @@ class Summary:
     @property
     def sample_run(self) -> bool:
         """True when every input read is a file of the bundled sample runs."""
-        from .paths import is_sample
+        from helpers.paths import is_sample
 
         return bool(self.inputs) and all(is_sample(p) for p in self.inputs.values())
 
     def describe_inputs(self) -> str:
         """Which files this execution reads, and a loud line when they are the bundled sample run."""
-        from .paths import is_sample
+        from helpers.paths import is_sample
 
         lines = [f"{name}: {path}" + ("  [bundled sample]" if is_sample(path) else "")
                  for name, path in self.inputs.items()]
@@ -127,8 +127,8 @@ def start_output(notebook: str, output_dir: Any = "") -> Path:
     then always this execution's, written by :meth:`Summary.write` when it completes, and a run
     that stops on a bad input leaves none behind (not an older one that looks like its result).
     """
-    from .io import InputError
-    from .paths import output_dir_for
+    from helpers.io import InputError
+    from helpers.paths import output_dir_for
 
     if not isinstance(output_dir, str | Path):
         raise InputError("output_dir", f"expected a directory path (a string), got {output_dir!r}")
@@ -150,7 +150,7 @@ def input_files(parameters: dict[str, Any]) -> dict[str, Path | str]:
     then from the repository root (as the loaders do); ``"file.py:function"`` counts its file;
     a remote fsspec URL (``https://``, ``s3://``) counts as given, a ``file://`` URL as its path.
     """
-    from .paths import is_remote, local_path, resolve_existing
+    from helpers.paths import is_remote, local_path, resolve_existing
 
     out = {}
     for name, value in parameters.items():
@@ -176,7 +176,7 @@ def _glob_files(pattern: str) -> list[Path]:
     """Files a glob matches, from the working directory first, then from the repository root."""
     import glob
 
-    from .paths import REPO_ROOT
+    from helpers.paths import REPO_ROOT
 
     p = Path(pattern).expanduser()
     for base in ([None] if p.is_absolute() else [Path.cwd(), REPO_ROOT]):

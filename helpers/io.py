@@ -37,7 +37,7 @@ def resolve_path(param: str, value: str | Path, suffixes: Sequence[str] = ()) ->
     Relative paths are taken from the current working directory first, then
     from the repository root (so the sample-run defaults work from anywhere).
     """
-    from .paths import REPO_ROOT, is_remote, local_path
+    from helpers.paths import REPO_ROOT, is_remote, local_path
 
     if not isinstance(value, str | Path) or not str(value).strip():
         raise InputError(param, f"expected a file path, got {value!r}")
@@ -420,7 +420,7 @@ def load_history(param: str, value: str | Path) -> pd.DataFrame:
     keys ``tpr@fpr<x>`` / ``fpr@tpr<x>`` found (prefixes such as ``val_`` removed; rates in
     [0, 1]), then any other numeric column. See :func:`parse_metric_key`.
     """
-    from .paths import REPO_ROOT, is_remote, local_path
+    from helpers.paths import REPO_ROOT, is_remote, local_path
 
     if not isinstance(value, str | Path) or not str(value).strip():
         raise InputError(param, f"expected a file or directory path, got {value!r}")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .io import InputError
+from helpers.io import InputError
 
 _TYPE_NAMES = {bool: "a bool (True/False)", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
@@ -114,13 +114,13 @@ def load_callable(name: str, spec: str) -> Callable:
     if not isinstance(spec, str) or spec.count(":") < 1:
         raise InputError(name, f"expected 'module:function' or 'path/to/file.py:function', got {spec!r}")
     target, _, attr = spec.rpartition(":")
-    from .paths import is_remote
+    from helpers.paths import is_remote
 
     if is_remote(target) or is_remote(spec):
         raise InputError(name, f"code is imported from local files or installed modules only, not from a URL: {spec!r}")
     try:
         if target.endswith(".py"):
-            from .io import resolve_path
+            from helpers.io import resolve_path
 
             path = resolve_path(name, target)
             mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
@@ -146,8 +146,8 @@ def check_not_mixed(params: Mapping[str, Any], names) -> None:
     e.g. the user's predictions against the sample's logged numbers. One line names the
     parameter still at the sample and the one that is the user's.
     """
-    from .findings import input_files
-    from .paths import DATA_SAMPLES, is_sample
+    from helpers.findings import input_files
+    from helpers.paths import DATA_SAMPLES, is_sample
 
     files = input_files({k: params[k] for k in names if k in params})
     mine = [k for k, p in files.items() if not is_sample(p)]

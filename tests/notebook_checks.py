@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers.notebooks import NotebookFailed, execute
+from helpers.runner.execute import NotebookFailed, execute
 
 
 def failure_line(name: str, parameters: dict, output_dir: Path, cwd: Path | None = None) -> str:

@@ -12,7 +12,7 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_squared_error
 from sklearn.model_selection import train_test_split
 
-from helpers import augmentation_leakage as al
+from helpers.augmentation_leakage import diagnosis as al
 from helpers.io import InputError
 
 SAMPLE = "data_samples/05_augmentation_leakage/"

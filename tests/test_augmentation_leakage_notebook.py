@@ -6,7 +6,7 @@ import pytest
 from notebook_checks import failure_line
 from sklearn import datasets
 
-from helpers.notebooks import execute
+from helpers.runner.execute import execute
 
 pytestmark = pytest.mark.notebook
 NAME = "05_augmentation_leakage"

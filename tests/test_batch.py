@@ -11,9 +11,9 @@ import time
 import pandas as pd
 import pytest
 
-from helpers.batch import ManifestError, check_targets, load_manifest, max_concurrency
-from helpers.notebooks import main, run_manifest
 from helpers.paths import DATA_SAMPLES
+from helpers.runner.batch import ManifestError, check_targets, load_manifest, max_concurrency
+from helpers.runner.execute import main, run_manifest
 
 
 def write(path, text):
@@ -203,7 +203,7 @@ def test_reports_render_offline_in_a_real_browser(tmp_path):
 
 
 def test_samples_manifest_runs_every_notebook_on_its_defaults():
-    from helpers.notebooks import DEFAULT_MANIFEST, notebook_names
+    from helpers.runner.execute import DEFAULT_MANIFEST, notebook_names
 
     tasks = load_manifest(DEFAULT_MANIFEST)
     assert [t.notebook for t in tasks] == notebook_names()

@@ -5,18 +5,18 @@ import pytest
 import torch
 from sklearn.datasets import load_diabetes
 
-from helpers import checkpoint_divergence as cd
-from helpers import checkpoints as ck
-from helpers import inverse_training as it
+from helpers.checkpoint_divergence import checkpoints as ck
+from helpers.checkpoint_divergence import diagnosis as cd
+from helpers.checkpoint_divergence import lab as it
 from helpers.io import InputError
 from helpers.paths import DATA_SAMPLES
 
 SAMPLE = DATA_SAMPLES / cd.NOTEBOOK
-BASE = dict(checkpoints=str(SAMPLE / "checkpoints.npz"), forward_model="helpers.rocking_curve:forward",
+BASE = dict(checkpoints=str(SAMPLE / "checkpoints.npz"), forward_model="helpers.checkpoint_divergence.rocking_curve:forward",
             checkpoint_files="", model_factory="", validation="", last_k=5, k_neighbours=5, output_dir="",
             run_demos=False, seed=0)
 FILES = dict(BASE, checkpoint_files=str(SAMPLE / "checkpoints" / "*.pt"),
-             model_factory="helpers.inverse_training:make_model", validation=str(SAMPLE / "validation.npz"))
+             model_factory="helpers.checkpoint_divergence.lab:make_model", validation=str(SAMPLE / "validation.npz"))
 
 
 def status(found):
@@ -138,7 +138,7 @@ def test_without_forward_model_and_without_train_target(sample):
 
 
 def test_experiment_curve_only_is_scored_in_curve_space(sample):
-    import helpers.rocking_curve as rc
+    import helpers.checkpoint_divergence.rocking_curve as rc
 
     run, _ = sample
     keep = ("pred", "target", "epoch", "val_loss", "experiment_pred", "experiment_curve", "train_target")
@@ -267,14 +267,14 @@ def test_bad_inputs_fail_with_one_line(tmp_path, sample):
         (dict(checkpoints=_write(tmp_path, "d.npz", **dict(good, epoch=np.zeros(30)))), ["repeats an epoch"]),
         (dict(last_k=99), ["last_k: must be at most the number of checkpoints (30)"]),
         (dict(last_k="5"), ["last_k: expected an integer"]),
-        (dict(forward_model="helpers.rocking_curve:nothing"), ["forward_model: ", "no callable named 'nothing'"]),
+        (dict(forward_model="helpers.checkpoint_divergence.rocking_curve:nothing"), ["forward_model: ", "no callable named 'nothing'"]),
         (dict(forward_model="numpy:ones_like"), ["forward_model: ", "length"]),
         (dict(validation="x.npz"), ["validation: is only used with checkpoint_files"]),
         (dict(checkpoints=_write(tmp_path, "mine.npz", **good)),
          ["forward_model: is still the sample run's X-ray rocking-curve model", "while your run is mine.npz"]),
         (dict(FILES, checkpoint_files=str(tmp_path / "none*.pt")), ["checkpoint_files: ", "no file matches"]),
         (dict(FILES, model_factory=""), ["model_factory: is required"]),
-        (dict(FILES, model_factory="helpers.checkpoints:fit_scaler"), ["model_factory: raised TypeError"]),
+        (dict(FILES, model_factory="helpers.checkpoint_divergence.checkpoints:fit_scaler"), ["model_factory: raised TypeError"]),
     ]
     for override, expected in cases:
         with pytest.raises(InputError) as e:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from notebook_checks import failure_line
 
-from helpers.notebooks import execute
 from helpers.paths import DATA_SAMPLES
+from helpers.runner.execute import execute
 
 pytestmark = pytest.mark.notebook
 NAME = "03_checkpoint_divergence"
@@ -34,7 +34,7 @@ def test_sample_run_from_another_directory(tmp_path, elsewhere):
 
 def test_sample_run_from_the_checkpoint_files(tmp_path, elsewhere):
     params = {"checkpoint_files": "data_samples/03_checkpoint_divergence/checkpoints/*.pt",
-              "model_factory": "helpers.inverse_training:make_model",
+              "model_factory": "helpers.checkpoint_divergence.lab:make_model",
               "validation": "data_samples/03_checkpoint_divergence/validation.npz", "run_demos": False}
     s = execute(NAME, params, tmp_path / "out", cwd=elsewhere)
     assert status(s) == SYMPTOM
@@ -76,7 +76,7 @@ def test_made_up_runs(tmp_path, elsewhere, made_up):
 
 @pytest.mark.parametrize("params, expected", [
     ({"checkpoints": "missing.npz"}, ["InputError: checkpoints: ", "missing.npz", "file not found"]),
-    ({"checkpoint_files": "nothing/*.pt", "model_factory": "helpers.inverse_training:make_model",
+    ({"checkpoint_files": "nothing/*.pt", "model_factory": "helpers.checkpoint_divergence.lab:make_model",
       "validation": "data_samples/03_checkpoint_divergence/validation.npz"}, ["checkpoint_files: ", "no file matches"]),
     ({"last_k": 0}, ["InputError: last_k: must be in [2, 1000], got 0"]),
 ])

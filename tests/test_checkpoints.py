@@ -1,4 +1,4 @@
-"""helpers.checkpoints against scikit-learn / scipy / brute force on the same inputs, adversarial ones included."""
+"""helpers.checkpoint_divergence.checkpoints against scikit-learn / scipy / brute force on the same inputs, adversarial ones included."""
 
 import numpy as np
 import pandas as pd
@@ -8,7 +8,7 @@ from scipy.spatial.distance import cdist
 from sklearn.metrics import mean_squared_error
 from sklearn.preprocessing import StandardScaler
 
-from helpers import checkpoints as ck
+from helpers.checkpoint_divergence import checkpoints as ck
 
 
 @pytest.fixture

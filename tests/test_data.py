@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from helpers.paths import DATA_SAMPLES
-from helpers.simulate.__main__ import main
+from helpers.runner.samples import main
 
 TRAINED = ("02_encoder_variance", "03_checkpoint_divergence")  # float values differ across CPUs
 
@@ -67,9 +67,9 @@ def test_every_committed_file_is_regenerated(regenerated):
 
 def test_the_trained_samples_give_the_same_diagnosis(regenerated):
     """02 and 03 regenerated on this machine: the notebooks' findings equal the committed sample's."""
-    from helpers import checkpoint_divergence as cd
-    from helpers import encoder_variance as ev
-    from helpers import rocking_curve
+    from helpers.checkpoint_divergence import diagnosis as cd
+    from helpers.checkpoint_divergence import rocking_curve
+    from helpers.encoder_variance import diagnosis as ev
 
     out, _ = regenerated
 

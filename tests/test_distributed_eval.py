@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import distributed_eval as de
+from helpers.r2_gap import lab as de
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,7 @@ def free_port() -> int:
 
 
 def test_01_ddp_eval_loop(tmp_path):
-    from helpers import r2_gap
+    from helpers.r2_gap import diagnosis as r2_gap
 
     n, world = 101, 2  # 101 does not divide among 2 ranks: DistributedSampler pads one repeat
     (tmp_path / "snippet.py").write_text(snippet("01_r2_gap"))
@@ -167,7 +167,7 @@ class VariationalEncoder(nn.Module):
 
 
 def test_02_lightning_predict(out_dir):
-    from helpers import encoder_variance as ev
+    from helpers.encoder_variance import diagnosis as ev
 
     puzzles, per_puzzle = 5, 20
     puzzle_id = torch.arange(puzzles).repeat_interleave(per_puzzle)
@@ -227,7 +227,7 @@ def lit_regressor(net):
 
 
 def test_03_lightning_checkpoints(out_dir):
-    from helpers import checkpoint_divergence as cd
+    from helpers.checkpoint_divergence import diagnosis as cd
     from helpers.params import load_callable
 
     (out_dir / "mynet.py").write_text(NET)
@@ -303,7 +303,7 @@ def test_04_huggingface_trainer(out_dir, monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     from transformers import Trainer, TrainingArguments
 
-    from helpers import roc_collapse as rc
+    from helpers.roc_collapse import diagnosis as rc
 
     epochs, val_ds = 3, Examples(300, seed=1)
     args = TrainingArguments(
@@ -336,7 +336,7 @@ def test_04_huggingface_trainer(out_dir, monkeypatch):
 
 # --------------------------------------------------------------------------- 05: augmentation
 def test_05_augmented_dataset(out_dir):
-    from helpers import augmentation_leakage as al
+    from helpers.augmentation_leakage import diagnosis as al
 
     originals, copies, n_features = 120, 3, 6
     x = torch.randn(originals, n_features)

@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import encoder_variance as ev
+from helpers.encoder_variance import diagnosis as ev
+from helpers.encoder_variance import simulate as sim
 from helpers.io import InputError
 from helpers.paths import DATA_SAMPLES, REPO_ROOT
-from helpers.simulate import encoder_variance as sim
 
 NAME = ev.NOTEBOOK
 SEED = 7  # not the sample's seed (0)
@@ -164,14 +164,14 @@ def test_simulator_is_deterministic_and_small(tmp_path):
 
 
 def test_diagnostics_do_not_import_the_simulators():
-    code = "import sys, helpers.encoder_variance, helpers.representation; print('helpers.simulate' in sys.modules)"
+    code = "import sys, helpers.encoder_variance.diagnosis, helpers.encoder_variance.representation; print('helpers.encoder_variance.simulate' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert out.stdout.strip() == "False"
 
 
 # --------------------------------------------------------------------------- notebook executions
 def execute(parameters, output_dir, cwd=None):
-    from helpers.notebooks import execute as run_notebook
+    from helpers.runner.execute import execute as run_notebook
 
     return run_notebook(NAME, parameters, output_dir, cwd=cwd)
 

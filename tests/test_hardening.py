@@ -186,7 +186,7 @@ def s05() -> pd.DataFrame:
 
 # ============================================================================ pipelines, as the cells run them
 def pipeline_01(params: dict) -> tuple[Summary, list[Finding]]:
-    from helpers import r2_gap as r2g
+    from helpers.r2_gap import diagnosis as r2g
 
     out = start_output(r2g.NOTEBOOK, params["output_dir"])
     p, table, logged = r2g.load_inputs(params)
@@ -206,8 +206,8 @@ def pipeline_01(params: dict) -> tuple[Summary, list[Finding]]:
 
 
 def pipeline_02(params: dict) -> tuple[Summary, list[Finding]]:
-    from helpers import encoder_variance as ev
-    from helpers import representation as rep
+    from helpers.encoder_variance import diagnosis as ev
+    from helpers.encoder_variance import representation as rep
 
     out = start_output(ev.NOTEBOOK, params["output_dir"])
     p = ev.check_parameters(params)
@@ -232,7 +232,7 @@ def pipeline_02(params: dict) -> tuple[Summary, list[Finding]]:
 
 
 def pipeline_03(params: dict) -> tuple[Summary, list[Finding]]:
-    from helpers import checkpoint_divergence as cdv
+    from helpers.checkpoint_divergence import diagnosis as cdv
 
     out = start_output(cdv.NOTEBOOK, params["output_dir"])
     p, run, forward = cdv.load_inputs(params)
@@ -248,7 +248,7 @@ def pipeline_03(params: dict) -> tuple[Summary, list[Finding]]:
 
 
 def pipeline_04(params: dict) -> tuple[Summary, list[Finding]]:
-    from helpers import roc_collapse as rc
+    from helpers.roc_collapse import diagnosis as rc
 
     out = start_output(rc.NOTEBOOK, params["output_dir"])
     p, run = rc.load_inputs(params)
@@ -266,7 +266,7 @@ def pipeline_04(params: dict) -> tuple[Summary, list[Finding]]:
 
 
 def pipeline_05(params: dict) -> tuple[Summary, list[Finding]]:
-    from helpers import augmentation_leakage as al
+    from helpers.augmentation_leakage import diagnosis as al
 
     out = start_output(al.NOTEBOOK, params["output_dir"])
     p, run = al.load_inputs(params)
@@ -315,7 +315,7 @@ def base_03_files(d: Path) -> dict:
                     d / "ckpt" / f"epoch_{i:02d}.pt")
     np.savez(d / "validation.npz", **a03("validation"))
     return dict(checkpoints="", forward_model="", checkpoint_files=str(d / "ckpt" / "*.pt"),
-                model_factory="helpers.inverse_training:make_model", validation=str(d / "validation.npz"),
+                model_factory="helpers.checkpoint_divergence.lab:make_model", validation=str(d / "validation.npz"),
                 last_k=3, k_neighbours=5, output_dir=str(d / "out"), run_demos=False, seed=0)
 
 

@@ -1,4 +1,4 @@
-"""helpers.leakage against scikit-learn / numpy on the same inputs, and on real data split cleanly."""
+"""helpers.augmentation_leakage.leakage against scikit-learn / numpy on the same inputs, and on real data split cleanly."""
 
 import numpy as np
 import pandas as pd
@@ -9,8 +9,8 @@ from sklearn.model_selection import GroupShuffleSplit, train_test_split
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
-from helpers import leakage as lk
-from helpers import leakage_lab as lab
+from helpers.augmentation_leakage import lab
+from helpers.augmentation_leakage import leakage as lk
 
 
 def _mask(n, idx):

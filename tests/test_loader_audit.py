@@ -1,4 +1,4 @@
-"""helpers.loader_audit on logs written by a real torch DataLoader (IterableDataset, worker processes)."""
+"""helpers.roc_collapse.loader_audit on logs written by a real torch DataLoader (IterableDataset, worker processes)."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from helpers import loader_audit as la
+from helpers.roc_collapse import loader_audit as la
 
 
 class Shards(IterableDataset):

@@ -1,4 +1,4 @@
-"""helpers.low_fpr against scikit-learn, torchmetrics, torch and brute force, with ties and degenerate inputs."""
+"""helpers.roc_collapse.low_fpr against scikit-learn, torchmetrics, torch and brute force, with ties and degenerate inputs."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from torchmetrics.functional.classification import (
     binary_specificity_at_sensitivity,
 )
 
-from helpers import low_fpr as lf
+from helpers.roc_collapse import low_fpr as lf
 
 
 def brute(labels, scores, fpr_target=None, tpr_target=None):

@@ -6,9 +6,9 @@ import nbformat
 import pytest
 from notebook_checks import failure_line
 
-from helpers.notebooks import execute, notebook_names, strip_solutions
 from helpers.paths import NOTEBOOKS
-from helpers.simulate.r2_gap import R2GapConfig, simulate
+from helpers.r2_gap.simulate import R2GapConfig, simulate
+from helpers.runner.execute import execute, notebook_names, strip_solutions
 
 pytestmark = pytest.mark.notebook
 

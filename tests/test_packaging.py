@@ -43,7 +43,7 @@ def test_makefile_has_the_documented_targets():
 
 
 def test_user_docs_stand_alone_and_cover_every_notebook():
-    from helpers.notebooks import notebook_names
+    from helpers.runner.execute import notebook_names
 
     texts = [(REPO_ROOT / "README.md").read_text()] + [p.read_text() for p in (REPO_ROOT / "docs").glob("*.md")]
     for text in texts:
@@ -57,8 +57,8 @@ def test_user_docs_stand_alone_and_cover_every_notebook():
 def test_every_notebook_parameter_is_documented():
     import papermill as pm
 
-    from helpers.notebooks import notebook_names
     from helpers.paths import NOTEBOOKS
+    from helpers.runner.execute import notebook_names
 
     common = {"output_dir", "run_demos", "seed"}
     for name in notebook_names():

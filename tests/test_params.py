@@ -3,8 +3,8 @@
 import pytest
 
 from helpers.io import InputError
-from helpers.notebooks import NotebookFailed, execute
 from helpers.params import check_injected, check_types, parse_list
+from helpers.runner.execute import NotebookFailed, execute
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import r2_score
 
-from helpers import r2_gap as g
 from helpers.io import InputError
-from helpers.simulate.r2_gap import R2GapConfig, simulate
+from helpers.r2_gap import diagnosis as g
+from helpers.r2_gap.simulate import R2GapConfig, simulate
 
 REPORTED_IDS = ("unsynced_rank_metrics", "rank_averaged_metrics", "batch_averaged_r2", "explained_variance_as_r2",
                 "squared_correlation_as_r2", "reported_unexplained")

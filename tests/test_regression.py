@@ -9,7 +9,7 @@ from sklearn.metrics import explained_variance_score, r2_score
 from torchmetrics.functional import pearson_corrcoef
 from torchmetrics.functional import r2_score as tm_r2
 
-from helpers import regression as reg
+from helpers.r2_gap import regression as reg
 
 
 def metrics(y, p):

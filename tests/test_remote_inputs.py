@@ -93,7 +93,7 @@ def test_code_is_never_imported_from_a_url(http_root):
 
 
 def test_a_checkpoint_glob_over_http_fetches_every_match(http_root):
-    from helpers.checkpoint_divergence import resolve_glob
+    from helpers.checkpoint_divergence.diagnosis import resolve_glob
 
     local = resolve_glob("checkpoint_files", "data_samples/03_checkpoint_divergence/checkpoints/*.pt")
     remote = resolve_glob("checkpoint_files", f"{http_root}03_checkpoint_divergence/checkpoints/*.pt")
@@ -105,10 +105,10 @@ def test_a_checkpoint_glob_over_http_fetches_every_match(http_root):
 def test_every_notebook_loads_its_run_from_urls(http_root, notebook):
     import importlib
 
-    from helpers.notebooks import notebook_names
+    from helpers.runner.execute import notebook_names
 
     assert sorted(DEFAULTS) == notebook_names()
-    module = importlib.import_module("helpers." + notebook.split("_", 1)[1])
+    module = importlib.import_module("helpers." + notebook.split("_", 1)[1] + ".diagnosis")
     params = _defaults(notebook)
     params.update(as_urls(notebook, http_root))
     out = module.load_inputs(params)
@@ -131,7 +131,7 @@ def _defaults(notebook: str) -> dict:
 
 def test_a_notebook_runs_end_to_end_over_http(http_root, tmp_path):
     """02 on the sample run served over HTTP: same verdicts as from the local files; summary names the URLs."""
-    from helpers.notebooks import execute
+    from helpers.runner.execute import execute
 
     urls = as_urls("02_encoder_variance", http_root)
     remote = execute("02_encoder_variance", {**urls, "run_demos": False}, tmp_path / "http")
@@ -146,7 +146,7 @@ def test_a_notebook_runs_end_to_end_over_http(http_root, tmp_path):
 
 def test_a_file_url_is_the_local_file(tmp_path):
     """01 with file:// URLs reads the sample's files; the summary records their paths and calls them the sample."""
-    from helpers.notebooks import execute
+    from helpers.runner.execute import execute
 
     folder = DATA_SAMPLES / "01_r2_gap"
     s = execute("01_r2_gap", {"predictions": (folder / "predictions.parquet").as_uri(),

@@ -1,11 +1,11 @@
-"""Unit tests of helpers.representation: estimators against closed forms and library cross-checks."""
+"""Unit tests of helpers.encoder_variance.representation: estimators against closed forms and library cross-checks."""
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 from sklearn.metrics.pairwise import cosine_similarity
 
-from helpers import representation as rep
+from helpers.encoder_variance import representation as rep
 
 
 def grouped_gaussian(rng, sizes, d, sb, sw, ss=None, r=3, mean=0.0):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_curve
 
-from helpers import low_fpr as lf
-from helpers import roc_collapse as rc
 from helpers.io import InputError
+from helpers.roc_collapse import diagnosis as rc
+from helpers.roc_collapse import low_fpr as lf
 
 
 def status(found):

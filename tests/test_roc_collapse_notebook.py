@@ -9,7 +9,7 @@ import pytest
 import torch
 from notebook_checks import failure_line
 
-from helpers.notebooks import execute
+from helpers.runner.execute import execute
 
 pytestmark = pytest.mark.notebook
 NAME = "04_roc_collapse"

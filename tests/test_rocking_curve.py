@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import checkpoints as ck
-from helpers import rocking_curve as rc
+from helpers.checkpoint_divergence import checkpoints as ck
+from helpers.checkpoint_divergence import rocking_curve as rc
 
 EXAMPLE = [0.0081, 0.0009, 5200.0, 2000.0, 0.005, 1500.0, -500.0]
 

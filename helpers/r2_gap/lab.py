@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .regression import STAT_COLUMNS, metrics_from_sums
-from .training import FastAdam
+from helpers.r2_gap.regression import STAT_COLUMNS, metrics_from_sums
+from helpers.training import FastAdam
 
 
 def _preload() -> None:

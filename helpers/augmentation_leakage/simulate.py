@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import leakage_lab as lab
+from helpers.augmentation_leakage import lab
 
 NOTEBOOK = "05_augmentation_leakage"
 

@@ -4,7 +4,7 @@ Inputs (see docs/05_augmentation_leakage.md): a ``samples`` table (features, ``s
 ``target``, ``group``, ``tier``, ``parent_id``, ``is_augmented``, ``sample_id``), optional
 ``declared_copies`` JSON, optional ``group_metrics`` table (``group``, ``run``, ``value``: a
 loss, lower is better) and the logged ``train_loss`` / ``val_loss``. The statistics live in
-:mod:`helpers.leakage`.
+:mod:`helpers.augmentation_leakage.leakage`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import leakage as lk
-from .findings import Finding, not_applicable
-from .io import InputError, _check_column, load_json, load_table, resolve_path
-from .params import check_range, check_types
-from .paths import DATA_SAMPLES
+from helpers.augmentation_leakage import leakage as lk
+from helpers.findings import Finding, not_applicable
+from helpers.io import InputError, _check_column, load_json, load_table, resolve_path
+from helpers.params import check_range, check_types
+from helpers.paths import DATA_SAMPLES
 
 NOTEBOOK = "05_augmentation_leakage"
 SAMPLE_DIR = DATA_SAMPLES / NOTEBOOK

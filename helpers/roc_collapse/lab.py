@@ -21,8 +21,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from . import low_fpr as lf
-from .training import FastAdam
+from helpers.roc_collapse import low_fpr as lf
+from helpers.training import FastAdam
 
 
 # --------------------------------------------------------------------------- (a) dtypes

@@ -6,8 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import regression as reg
-from .r2_gap import Diagnosis
+from helpers.r2_gap import regression as reg
+from helpers.r2_gap.diagnosis import Diagnosis
 
 _METRIC_LABEL = {"r2": "R²", "explained_variance": "explained variance", "pearson_r": "Pearson r",
                  "pearson_r_squared": "r² (squared Pearson)"}

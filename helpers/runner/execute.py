@@ -1,6 +1,6 @@
 """Executing the notebooks: papermill runs, HTML reports, `make run`, and student copies.
 
-``python -m helpers.notebooks run [MANIFEST] [--scheduler ADDRESS] [--force]`` executes
+``python -m helpers.runner.execute run [MANIFEST] [--scheduler ADDRESS] [--force]`` executes
 a manifest's notebooks (default: the sample runs) into ``reports/<run>/<notebook>/``
 on dask; ``compare A B`` lists the findings whose status changed between two runs;
 ``student`` writes copies without ``solution`` cells into ``student/``.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from .paths import NOTEBOOKS, REPO_ROOT, REPORTS
+from helpers.paths import NOTEBOOKS, REPO_ROOT, REPORTS
 
 DEFAULT_MANIFEST = REPO_ROOT / "manifests" / "samples.yaml"
 
@@ -106,7 +106,7 @@ def to_html(executed: Path, reports: Path | None = None) -> Path:
     """
     from nbconvert import HTMLExporter
 
-    from .reports import mathjax_url
+    from helpers.runner.reports import mathjax_url
 
     path = Path(executed).with_suffix(".html")
     if reports is not None:
@@ -129,8 +129,14 @@ def run_manifest(manifest: str | Path = DEFAULT_MANIFEST, reports: str | Path = 
 
     A malformed manifest or an existing report (without ``force``) is refused before anything runs.
     """
-    from .batch import ManifestError, check_targets, load_manifest, run_tasks, write_record
-    from .reports import write_reports
+    from helpers.runner.batch import (
+        ManifestError,
+        check_targets,
+        load_manifest,
+        run_tasks,
+        write_record,
+    )
+    from helpers.runner.reports import write_reports
 
     reports = Path(reports).resolve()
     try:
@@ -163,7 +169,7 @@ def run_manifest(manifest: str | Path = DEFAULT_MANIFEST, reports: str | Path = 
 
 def compare(a: str, b: str, reports: str | Path = REPORTS) -> int:
     """`make compare A=run1 B=run2`: the findings whose status changed between two runs."""
-    from .reports import compare_runs
+    from helpers.runner.reports import compare_runs
 
     try:
         table = compare_runs(Path(reports), a, b)
@@ -204,7 +210,7 @@ def write_student_copies(dest: Path = REPO_ROOT / "student") -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.notebooks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers.runner.execute", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="execute a manifest's notebooks into reports/<run>/<notebook>/")
     run.add_argument("manifest", nargs="?", default=str(DEFAULT_MANIFEST), help="manifest YAML (default: the sample runs)")

@@ -1,7 +1,7 @@
 """The diagnosis behind notebook 04: why tpr@fpr falls off a cliff.
 
-The statistics live in :mod:`helpers.low_fpr` (ROC at low FPR, ties, bootstrap,
-ROC-function audit) and :mod:`helpers.loader_audit` (what the loader yielded);
+The statistics live in :mod:`helpers.roc_collapse.low_fpr` (ROC at low FPR, ties, bootstrap,
+ROC-function audit) and :mod:`helpers.roc_collapse.loader_audit` (what the loader yielded);
 this module turns a run's files into those measurements and the findings.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import loader_audit as la
-from . import low_fpr as lf
-from .findings import Finding, not_applicable
-from .io import InputError, load_history, load_table, parse_metric_key, resolve_path
+from helpers.findings import Finding, not_applicable
+from helpers.io import InputError, load_history, load_table, parse_metric_key, resolve_path
+from helpers.roc_collapse import loader_audit as la
+from helpers.roc_collapse import low_fpr as lf
 
 NOTEBOOK = "04_roc_collapse"
 PARAMETER_TYPES = {
@@ -120,7 +120,7 @@ def load_inputs(params: Mapping) -> tuple[dict, RunInputs]:
 
     Raises :class:`~helpers.io.InputError` (one line: parameter, file, problem) on any mistake.
     """
-    from .params import check_not_mixed, check_range, check_types, load_callable
+    from helpers.params import check_not_mixed, check_range, check_types, load_callable
 
     p = dict(params)
     for name, empty_ok in (("fpr_targets", False), ("tpr_targets", True)):
@@ -149,7 +149,7 @@ def load_inputs(params: Mapping) -> tuple[dict, RunInputs]:
 
 
 def _resolved(value: str) -> Path:
-    from .paths import REPO_ROOT
+    from helpers.paths import REPO_ROOT
 
     path = Path(value).expanduser()
     return next((c for c in ([path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]) if c.exists()),
@@ -158,7 +158,7 @@ def _resolved(value: str) -> Path:
 
 def describe_inputs(inputs: RunInputs) -> str:
     """Which files were read, and loudly whether they are the bundled sample run."""
-    from .paths import DATA_SAMPLES
+    from helpers.paths import DATA_SAMPLES
 
     lines = []
     sample = False

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .checkpoint_divergence import Diagnosis
+from helpers.checkpoint_divergence.diagnosis import Diagnosis
 
 
 def errors_across_checkpoints(d: Diagnosis) -> plt.Figure:

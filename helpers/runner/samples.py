@@ -1,29 +1,30 @@
-"""``python -m helpers.simulate [OUT_DIR]``: regenerate every sample run (``make data``).
+"""``python -m helpers.runner.samples [OUT_DIR]``: regenerate every sample run (``make data``).
 
-Every module of this package that defines ``NOTEBOOK`` (the notebook's stem) and
-``write(out_dir) -> list[Path]`` makes that notebook's sample run in
+Every notebook package's ``simulate`` module that defines ``NOTEBOOK`` (the notebook's stem)
+and ``write(out_dir) -> list[Path]`` makes that notebook's sample run in
 ``OUT_DIR/<NOTEBOOK>/``; adding a simulator needs no edit here.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import sys
 from pathlib import Path
 
-from ..paths import DATA_SAMPLES
+from helpers.paths import DATA_SAMPLES
 
 
 def writers() -> dict:
     """{notebook stem: write function}, in notebook order."""
-    from .. import simulate
+    import helpers
 
     found = {}
-    for info in pkgutil.iter_modules(simulate.__path__):
-        if info.name.startswith("_"):
+    for info in pkgutil.iter_modules(helpers.__path__):
+        if not info.ispkg or info.name == "runner" or importlib.util.find_spec(f"helpers.{info.name}.simulate") is None:
             continue
-        module = importlib.import_module(f"{simulate.__name__}.{info.name}")
+        module = importlib.import_module(f"helpers.{info.name}.simulate")
         if hasattr(module, "NOTEBOOK") and hasattr(module, "write"):
             found[module.NOTEBOOK] = module.write
     return dict(sorted(found.items()))

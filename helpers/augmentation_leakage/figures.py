@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .augmentation_leakage import Diagnosis
+from helpers.augmentation_leakage.diagnosis import Diagnosis
 
 
 def distances(d: Diagnosis) -> plt.Figure:

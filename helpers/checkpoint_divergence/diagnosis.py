@@ -7,7 +7,7 @@ and turned into the same arrays. Optional arrays in either npz: ``train_target``
 (coverage), ``experiment_*`` (the experiment), ``param_names``, and ``repeat_id``
 (N,) marking rows that are repeated measurements of one sample.
 
-The statistics live in :mod:`helpers.checkpoints`; this module validates the
+The statistics live in :mod:`helpers.checkpoint_divergence.checkpoints`; this module validates the
 inputs, runs them and turns them into the findings. Every error is standardised
 by the training targets' SD (the validation targets' when ``train_target`` is
 absent), so no parameter dominates because of its units.
@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import checkpoints as ck
-from .findings import Finding, not_applicable
-from .io import InputError, _first_line, check_shape, load_arrays, resolve_path
-from .params import check_range, check_types, load_callable
+from helpers.checkpoint_divergence import checkpoints as ck
+from helpers.findings import Finding, not_applicable
+from helpers.io import InputError, _first_line, check_shape, load_arrays, resolve_path
+from helpers.params import check_range, check_types, load_callable
 
 NOTEBOOK = "03_checkpoint_divergence"
 PARAMETER_TYPES = {
@@ -216,14 +216,14 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun, Callabl
     return p, run, forward
 
 
-SAMPLE_FORWARD_MODEL = "helpers.rocking_curve:forward"
+SAMPLE_FORWARD_MODEL = "helpers.checkpoint_divergence.rocking_curve:forward"
 
 
 def _check_not_mixed(p: Mapping[str, Any]) -> None:
     """The sample's forward model, or its validation npz, must not be applied to the user's checkpoints."""
-    from .findings import input_files
-    from .params import check_not_mixed
-    from .paths import is_sample
+    from helpers.findings import input_files
+    from helpers.params import check_not_mixed
+    from helpers.paths import is_sample
 
     route = ["checkpoint_files", "validation"] if p["checkpoint_files"].strip() else ["checkpoints"]
     check_not_mixed(p, route)
@@ -255,8 +255,8 @@ def resolve_glob(param: str, pattern: str) -> list[Path]:
     A remote fsspec URL pattern (``https://host/run/*.pt``, ``s3://bucket/run/*.pt``) is globbed
     by its filesystem and each match fetched to a local copy.
     """
-    from .io import fetch
-    from .paths import REPO_ROOT, is_remote, local_path
+    from helpers.io import fetch
+    from helpers.paths import REPO_ROOT, is_remote, local_path
 
     if is_remote(pattern):
         from fsspec.core import url_to_fs
@@ -489,7 +489,7 @@ def _experiment_reference_curve(run: CheckpointRun, forward: Callable | None) ->
 
 def diagnose(run: CheckpointRun, forward: Callable | None = None, last_k: int = 5, k: int = 5,
              seed: int = 0) -> Diagnosis:
-    """All measurements of notebook 03 (see the module docstring of :mod:`helpers.checkpoints`)."""
+    """All measurements of notebook 03 (see the module docstring of :mod:`helpers.checkpoint_divergence.checkpoints`)."""
     if run.train_target is not None:
         scaler, scale_source = ck.fit_scaler(run.train_target), "train_target"
     else:
@@ -816,7 +816,7 @@ def checkpoint_table(d: Diagnosis) -> pd.DataFrame:
 
 def describe_inputs(run: CheckpointRun) -> list[str]:
     """Lines for the notebook's first output: which files were read, and whether they are the bundled sample."""
-    from .paths import DATA_SAMPLES
+    from helpers.paths import DATA_SAMPLES
 
     lines, sample = [], False
     for param, value in run.files.items():

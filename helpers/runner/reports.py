@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .findings import SEVERITIES, STATUSES
+from helpers.findings import SEVERITIES, STATUSES
 
 MATHJAX_DIR = "_static/mathjax"
 KEY_FIGURES = 3  # figures shown inline per notebook, in the order the notebook saved them

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import representation as rep
-from .findings import Finding, not_applicable
-from .io import InputError, check_shape, load_arrays, resolve_path
-from .params import check_not_mixed, check_range, check_types
+from helpers.encoder_variance import representation as rep
+from helpers.findings import Finding, not_applicable
+from helpers.io import InputError, check_shape, load_arrays, resolve_path
+from helpers.params import check_not_mixed, check_range, check_types
 
 NOTEBOOK = "02_encoder_variance"
 
@@ -39,7 +39,7 @@ SAMPLING_OVER_BETWEEN_MAX = 1.0
 # embedding spread: the sampled latent is the mean plus a rounding error.
 STOCHASTIC_SHARE_MIN = 0.05
 # inactive_units: more than a quarter of the units inactive (scale-free Burda criterion, see
-# helpers.representation.ActiveUnits).
+# helpers.encoder_variance.representation.ActiveUnits).
 INACTIVE_SHARE_MAX = 0.25
 ACTIVE_THRESHOLD = rep.BURDA_THRESHOLD
 # logvar above this is refused: exp(logvar) would overflow float64 (e**709.8 is its largest value)

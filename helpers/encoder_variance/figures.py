@@ -6,8 +6,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import representation as rep
-from .encoder_variance import BETWEEN_SHARE_MIN, EncoderRun, Measurements, decomposition_table
+from helpers.encoder_variance import representation as rep
+from helpers.encoder_variance.diagnosis import (
+    BETWEEN_SHARE_MIN,
+    EncoderRun,
+    Measurements,
+    decomposition_table,
+)
 
 
 def variance_shares(measured: dict[str, Measurements]) -> plt.Figure:

@@ -1,7 +1,7 @@
 """The inverse model of notebook 03, its data, and its training loop (the mechanism lab; the simulator uses it too).
 
 Profiles are drawn under the nested constraints of the strain-profile
-parametrisation (:mod:`helpers.rocking_curve`), one parameter after the other::
+parametrisation (:mod:`helpers.checkpoint_divergence.rocking_curve`), one parameter after the other::
 
     Dmax1 ~ U(0.004, 0.03)          D01 ~ U(0.001, min(Dmax1, 0.029))   (D01 <= Dmax1)
     L1    ~ U(1500, 7000) Å         Rp1 ~ U(0, 0.7 L1)            (the peak lies inside the layer)
@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import rocking_curve as rc
-from .training import FastAdam, deterministic_torch
+from helpers.checkpoint_divergence import rocking_curve as rc
+from helpers.training import FastAdam, deterministic_torch
 
 PARAM_NAMES = rc.PARAM_NAMES
 LOW = np.array([0.004, 0.001, 1500.0, 0.0, 0.001, 300.0, -3500.0])
@@ -202,7 +202,7 @@ def seed_lab(seeds=(0, 1), cfg: InverseConfig | None = None) -> tuple[pd.DataFra
     Returns per-epoch curves (seed, epoch, val_loss, experiment_error) and one row per seed (its val-loss-best
     epoch, experiment-best epoch, final val loss). The experiment error is standardised by the training targets' SD.
     """
-    from . import checkpoints as ck
+    from helpers.checkpoint_divergence import checkpoints as ck
 
     cfg = cfg or InverseConfig(n_train=800, n_val=60, repeats=1)
     data = make_dataset(cfg)

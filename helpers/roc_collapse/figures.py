@@ -6,9 +6,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import low_fpr as lf
-from .io import parse_metric_key
-from .roc_collapse import Diagnosis
+from helpers.io import parse_metric_key
+from helpers.roc_collapse import low_fpr as lf
+from helpers.roc_collapse.diagnosis import Diagnosis
 
 
 def metrics_over_epochs(d: Diagnosis, history: pd.DataFrame | None = None) -> plt.Figure:

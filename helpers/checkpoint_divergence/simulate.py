@@ -1,8 +1,8 @@
 """Sample run for notebook 03: an inverse model of rocking curves, checkpointed every epoch.
 
-Profiles are drawn under the nested constraints of :mod:`helpers.inverse_training`
+Profiles are drawn under the nested constraints of :mod:`helpers.checkpoint_divergence.lab`
 (1500 training profiles, 300 validation profiles measured twice each with Poisson
-counting noise), an :class:`~helpers.inverse_training.InverseMLP` is trained for 30
+counting noise), an :class:`~helpers.checkpoint_divergence.lab.InverseMLP` is trained for 30
 epochs, and every epoch is a checkpoint. The "experiment" is one measured curve of
 a profile close to several constraint edges at once. The run is written both
 ways notebook 03 reads it:
@@ -14,7 +14,7 @@ ways notebook 03 reads it:
   ``repeat_id`` (rows with one id are repeated measurements of one profile);
 - ``checkpoints/epoch_XX.pt`` state dicts saved the way PyTorch Lightning does
   (``{"epoch": e, "val_loss": loss, "state_dict": {"model.<key>": tensor}}``), whose model comes from
-  ``helpers.inverse_training:make_model``, plus ``validation.npz`` (``x``,
+  ``helpers.checkpoint_divergence.lab:make_model``, plus ``validation.npz`` (``x``,
   ``target``, ``repeat_id``, ``experiment_x``, ``experiment_target``, ``train_target``).
 
 Seeded and single-threaded: the npz files hold the same arrays and the .pt files
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import inverse_training as it
-from .encoder_variance import save_npz
+from helpers.checkpoint_divergence import lab as it
+from helpers.encoder_variance.simulate import save_npz
 
 NOTEBOOK = "03_checkpoint_divergence"
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training import FastAdam, deterministic_torch
+from helpers.training import FastAdam, deterministic_torch
 
 NOTEBOOK = "02_encoder_variance"
 

@@ -33,8 +33,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .notebooks import notebook_names
-from .paths import NOTEBOOKS, REPO_ROOT, REPORTS
+from helpers.paths import NOTEBOOKS, REPO_ROOT, REPORTS
+from helpers.runner.execute import notebook_names
 
 FILE_SUFFIXES = (".parquet", ".csv", ".npz", ".json", ".pt", ".pth", ".ckpt", ".py", ".yaml", ".yml")
 
@@ -119,8 +119,8 @@ def _check_value(manifest: Path, run: str, nb: str, key: str, value: Any) -> Any
     if key == "output_dir":
         raise ManifestError(manifest, "is set by the runner (reports/<run>/<notebook>/)", run=run, notebook=nb, key=key)
     if isinstance(value, str) and declared[key].get("inferred_type_name") == "list":
-        from .io import InputError
-        from .params import parse_list
+        from helpers.io import InputError
+        from helpers.params import parse_list
 
         try:
             value = parse_list(key, value)
@@ -182,7 +182,7 @@ def execute_task(task: Task, reports: str) -> dict:
     worker and the task's start and end (epoch seconds, this machine's clock).
     """
     start = time.time()
-    from .notebooks import NotebookFailed, execute
+    from helpers.runner.execute import NotebookFailed, execute
 
     out = Path(reports) / task.run / task.notebook
     if out.exists():

@@ -1,6 +1,6 @@
 """The diagnosis behind notebook 01: inputs, measurements and findings for the R² gap.
 
-The statistics live in :mod:`helpers.regression`; this module turns a run's
+The statistics live in :mod:`helpers.r2_gap.regression`; this module turns a run's
 files into those measurements and the findings of DESIGN.md.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import regression as reg
-from .findings import Finding, not_applicable
-from .io import InputError, load_json, load_table, resolve_path
+from helpers.findings import Finding, not_applicable
+from helpers.io import InputError, load_json, load_table, resolve_path
+from helpers.r2_gap import regression as reg
 
 NOTEBOOK = "01_r2_gap"
 REQUIRED = {"y_true": "float", "y_pred": "float"}
@@ -304,7 +304,7 @@ def load_inputs(params: Mapping) -> tuple[dict, pd.DataFrame, dict]:
 
     Raises :class:`~helpers.io.InputError` (one line: parameter, file, problem) on any mistake.
     """
-    from .params import check_not_mixed, check_range, check_types
+    from helpers.params import check_not_mixed, check_range, check_types
 
     p = check_types(params, PARAMETER_TYPES)
     if p["multioutput"] not in MULTIOUTPUTS:

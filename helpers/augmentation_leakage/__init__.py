@@ -1,0 +1,1 @@
+"""Everything behind notebook 05_augmentation_leakage."""

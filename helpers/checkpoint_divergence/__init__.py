@@ -1,0 +1,1 @@
+"""Everything behind notebook 03_checkpoint_divergence."""

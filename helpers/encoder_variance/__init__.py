@@ -1,0 +1,1 @@
+"""Everything behind notebook 02_encoder_variance."""

@@ -1,0 +1,1 @@
+"""Everything behind notebook 01_r2_gap."""

@@ -1,0 +1,1 @@
+"""Everything behind notebook 04_roc_collapse."""
