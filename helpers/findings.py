@@ -70,18 +70,8 @@ class Summary:
         return bool(self.inputs) and all(is_sample(p) for p in self.inputs.values())
 
     def describe_inputs(self) -> str:
-        """Which files this execution reads, and a loud line when they are the bundled sample run."""
-        from helpers.paths import is_sample
-
-        lines = [f"{name}: {path}" + ("  [bundled sample]" if is_sample(path) else "")
-                 for name, path in self.inputs.items()]
-        samples = [name for name, path in self.inputs.items() if is_sample(path)]
-        if samples and not self.sample_run:
-            lines.append(f"note: {', '.join(samples)} still point at the bundled sample run")
-        if self.sample_run:
-            lines.append(">>> These are the BUNDLED SAMPLE RUN's files, not your run: override the parameters "
-                         "(papermill -p NAME FILE) to diagnose yours. <<<")
-        return "\n".join(["inputs read:"] + [f"  {line}" for line in lines]) if lines else "inputs read: none"
+        """Which files this execution reads (see :func:`describe_inputs`)."""
+        return describe_inputs(self.inputs)
 
     def add(self, *findings: Finding) -> None:
         for f in findings:
@@ -119,6 +109,34 @@ class Summary:
         return verdict_table(self.findings.values())
 
 
+SAMPLE_BANNER = (">>> These are the BUNDLED SAMPLE RUN's files, not your run: override the parameters "
+                 "(papermill -p NAME FILE) to diagnose yours. <<<")
+
+
+def describe_inputs(inputs: dict[str, Path | str], details=(), notes=()) -> str:
+    """The one "which files were read" banner every notebook prints first.
+
+    ``inputs`` maps parameters to the files they named (see :func:`input_files`; a list or glob
+    parameter appears as ``name[i]``, shown as one line with a count). A file of the bundled
+    sample runs is marked; when every input is one, a loud line says so; when only some are, a
+    note names them. ``details`` (what was found in the files) and ``notes`` follow.
+    """
+    from helpers.paths import is_sample
+
+    groups: dict[str, list] = {}
+    for key, path in inputs.items():
+        groups.setdefault(key.split("[")[0], []).append(path)
+    lines = []
+    for name, paths in groups.items():
+        shown = str(paths[0]) if len(paths) == 1 else f"{paths[0]} ... ({len(paths)} files)"
+        lines.append(f"  {name}: {shown}" + ("  [bundled sample]" if all(is_sample(p) for p in paths) else ""))
+    sample = [n for n, paths in groups.items() if all(is_sample(p) for p in paths)]
+    head = [SAMPLE_BANNER] if sample and len(sample) == len(groups) else []
+    tail = [f"note: {', '.join(sample)} still point(s) at the bundled sample run"] if sample and head == [] else []
+    body = ["inputs read:", *lines] if lines else ["inputs read: none"]
+    return "\n".join([*head, *body, *(f"  {d}" for d in details), *tail, *(f"note: {n}" for n in notes)])
+
+
 def start_output(notebook: str, output_dir: Any = "") -> Path:
     """Where an execution writes summary.json and figures (see :func:`helpers.paths.output_dir_for`),
     with an earlier execution's summary.json removed.
@@ -150,7 +168,7 @@ def input_files(parameters: dict[str, Any]) -> dict[str, Path | str]:
     then from the repository root (as the loaders do); ``"file.py:function"`` counts its file;
     a remote fsspec URL (``https://``, ``s3://``) counts as given, a ``file://`` URL as its path.
     """
-    from helpers.paths import is_remote, local_path, resolve_existing
+    from helpers.paths import glob_files, is_remote, local_path, resolve_existing
 
     out = {}
     for name, value in parameters.items():
@@ -163,27 +181,13 @@ def input_files(parameters: dict[str, Any]) -> dict[str, Path | str]:
                 continue
             v = str(local_path(v))
             if any(c in v for c in "*?[") and not v.lstrip().startswith("["):  # a glob of files
-                for i, path in enumerate(_glob_files(v)):
+                for i, path in enumerate(glob_files(v)):
                     out[f"{key}[{i}]"] = path
                 continue
             path = resolve_existing(v.rsplit(":", 1)[0] if v.count(":") == 1 and ".py:" in v else v)
             if path is not None:
                 out[key] = path
     return out
-
-
-def _glob_files(pattern: str) -> list[Path]:
-    """Files a glob matches, from the working directory first, then from the repository root."""
-    import glob
-
-    from helpers.paths import REPO_ROOT
-
-    p = Path(pattern).expanduser()
-    for base in ([None] if p.is_absolute() else [Path.cwd(), REPO_ROOT]):
-        found = sorted(glob.glob(str(p if base is None else base / p)))
-        if found:
-            return [Path(f).resolve() for f in found if Path(f).is_file()]
-    return []
 
 
 def verdict_table(findings) -> pd.DataFrame:

@@ -37,21 +37,19 @@ def resolve_path(param: str, value: str | Path, suffixes: Sequence[str] = ()) ->
     Relative paths are taken from the current working directory first, then
     from the repository root (so the sample-run defaults work from anywhere).
     """
-    from helpers.paths import REPO_ROOT, is_remote, local_path
+    from helpers.paths import candidates, is_remote, locate
 
     if not isinstance(value, str | Path) or not str(value).strip():
         raise InputError(param, f"expected a file path, got {value!r}")
     if is_remote(value):
         return fetch(param, str(value).strip(), suffixes)
-    path = Path(local_path(value)).expanduser()
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]
-    found = next((c for c in candidates if c.is_file()), None)
+    found = locate(value, "file")
     if found is None:
-        what = "is a directory, expected a file" if candidates[0].is_dir() else "file not found"
-        raise InputError(param, what, candidates[0])
+        first = candidates(value)[0]
+        raise InputError(param, "is a directory, expected a file" if first.is_dir() else "file not found", first)
     if suffixes and found.suffix.lower() not in suffixes:
         raise InputError(param, f"unsupported file type {found.suffix!r}, expected {' or '.join(suffixes)}", found)
-    return found.resolve()
+    return found
 
 
 _FETCHED: dict[str, Path] = {}
@@ -420,16 +418,13 @@ def load_history(param: str, value: str | Path) -> pd.DataFrame:
     keys ``tpr@fpr<x>`` / ``fpr@tpr<x>`` found (prefixes such as ``val_`` removed; rates in
     [0, 1]), then any other numeric column. See :func:`parse_metric_key`.
     """
-    from helpers.paths import REPO_ROOT, is_remote, local_path
+    from helpers.paths import candidates, is_remote, locate
 
     if not isinstance(value, str | Path) or not str(value).strip():
         raise InputError(param, f"expected a file or directory path, got {value!r}")
-    raw = fetch(param, str(value).strip()) if is_remote(value) else Path(local_path(value)).expanduser()
-    candidates = [raw] if raw.is_absolute() else [Path.cwd() / raw, REPO_ROOT / raw]
-    path = next((c for c in candidates if c.exists()), None)
+    path = fetch(param, str(value).strip()) if is_remote(value) else locate(value, "any")
     if path is None:
-        raise InputError(param, "file not found", candidates[0])
-    path = path.resolve()
+        raise InputError(param, "file not found", candidates(value)[0])
     if path.is_dir():
         if not any(p.name.startswith("events.out.tfevents") for p in path.iterdir()):
             raise InputError(param, "a directory must hold TensorBoard event files (events.out.tfevents.*)", path)

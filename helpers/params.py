@@ -37,9 +37,15 @@ def check_types(params: Mapping[str, Any], spec: Mapping[str, type]) -> dict[str
     return out
 
 
-def parse_list(name: str, text: str) -> list:
-    """A list given as YAML/JSON text (``"[1e-4, 1e-3]"``, ``"[]"``, ``"[a.npz, b.npz]"``)."""
+def parse_list(name: str, text) -> list:
+    """A list parameter: a list as given, or the YAML/JSON text of one (``"[1e-4, 1e-3]"``, ``"[]"``,
+    ``"[a.npz, b.npz]"``), since papermill's ``-p`` passes lists as text. The one parser for lists."""
     import yaml
+
+    if isinstance(text, list | tuple):
+        return list(text)
+    if not isinstance(text, str):
+        raise InputError(name, f"expected a list like [1e-4, 1e-3], got {text!r} ({type(text).__name__})")
 
     try:
         value = yaml.safe_load(text) if text.strip() else []

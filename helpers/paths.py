@@ -23,13 +23,36 @@ def output_dir_for(notebook: str, output_dir: str | Path = "") -> Path:
     return out
 
 
+def candidates(value: str | Path) -> list[Path]:
+    """Where a path may be: itself when absolute; else the working directory first, then the repository root.
+
+    The one rule for every input path, so that the sample-run defaults work from any directory.
+    """
+    path = Path(local_path(value)).expanduser()
+    return [path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]
+
+
+def locate(value: str | Path, kind: str = "file") -> Path | None:
+    """The first of :func:`candidates` that exists as a ``"file"``, a ``"dir"`` or ``"any"``; resolved, or None."""
+    test = {"file": Path.is_file, "dir": Path.is_dir, "any": Path.exists}[kind]
+    found = next((c for c in candidates(value) if test(c)), None)
+    return found.resolve() if found is not None else None
+
+
+def glob_files(pattern: str | Path) -> list[Path]:
+    """Files a glob matches, from the first of :func:`candidates` under which it matches any."""
+    import glob
+
+    for base in candidates(pattern):
+        found = sorted(glob.glob(str(base)))
+        if found:
+            return [Path(f).resolve() for f in found if Path(f).is_file()]
+    return []
+
+
 def resolve_existing(value: str | Path) -> Path | None:
-    """The existing file ``value`` names, from the working directory first, then the repo root."""
-    path = Path(value).expanduser()
-    for candidate in ([path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]):
-        if candidate.is_file():
-            return candidate.resolve()
-    return None
+    """The existing file ``value`` names (see :func:`locate`)."""
+    return locate(value, "file")
 
 
 def is_sample(path: str | Path) -> bool:

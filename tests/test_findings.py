@@ -56,5 +56,5 @@ def test_summary_names_its_inputs_and_says_when_they_are_the_sample(tmp_path, el
                           "compare": ["data_samples/02_encoder_variance/deterministic.npz", "missing.npz"]})
     d = mine.to_dict()
     assert not d["sample_run"] and set(d["inputs"]) == {"embeddings", "fn", "compare[0]"}
-    assert "compare[0] still point at the bundled sample run" in mine.describe_inputs()
+    assert "compare still point(s) at the bundled sample run" in mine.describe_inputs()
     assert "BUNDLED" not in mine.describe_inputs()
