@@ -1,4 +1,4 @@
-"""Findings and summary.json: the same schema for every notebook (see DESIGN.md)."""
+"""Findings and summary.json: the same schema for every notebook (docs/README.md describes it)."""
 
 from __future__ import annotations
 

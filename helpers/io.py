@@ -104,11 +104,11 @@ def fetch(param: str, url: str, suffixes: Sequence[str] = ()) -> Path:
         cause = exc.__cause__  # fsspec's HTTP filesystem says "not found" for any failed request
         if cause is None or getattr(cause, "status", None) == 404:
             raise InputError(param, "file not found", url) from None
-        raise InputError(param, f"cannot be fetched ({type(cause).__name__}: {_first_line(cause)})", url) from None
+        raise InputError(param, f"cannot be fetched ({type(cause).__name__}: {first_line(cause)})", url) from None
     except (ImportError, ValueError) as exc:  # no fsspec backend for this protocol (s3fs, gcsfs...)
-        raise InputError(param, f"cannot open this URL ({_first_line(exc)})", url) from None
+        raise InputError(param, f"cannot open this URL ({first_line(exc)})", url) from None
     except Exception as exc:  # refused connection, timeout, permission...
-        raise InputError(param, f"cannot be fetched ({type(exc).__name__}: {_first_line(exc)})", url) from None
+        raise InputError(param, f"cannot be fetched ({type(exc).__name__}: {first_line(exc)})", url) from None
     part.replace(dest)
     _FETCHED[url] = dest
     return dest
@@ -135,7 +135,7 @@ def load_table(
         else:
             df = pd.read_csv(path, usecols=list(columns) if columns else None)
     except Exception as exc:  # unreadable, truncated, wrong format
-        raise InputError(param, f"cannot be read as a table ({type(exc).__name__}: {_first_line(exc)})", path) from None
+        raise InputError(param, f"cannot be read as a table ({type(exc).__name__}: {first_line(exc)})", path) from None
     if df.empty:
         raise InputError(param, "table has no rows", path)
     missing = [c for c in required if c not in df.columns]
@@ -143,11 +143,11 @@ def load_table(
         found = ", ".join(map(str, df.columns[:12]))
         raise InputError(param, f"missing required column {', '.join(map(repr, missing))} (found: {found})", path)
     for col, kind in {**required, **{k: v for k, v in (optional or {}).items() if k in df.columns}}.items():
-        df[col] = _check_column(param, path, df[col], col, kind)
+        df[col] = check_column(param, path, df[col], col, kind)
     return df
 
 
-def _check_column(param: str, path: Path, s: pd.Series, col: str, kind: str) -> pd.Series:
+def check_column(param: str, path: Path, s: pd.Series, col: str, kind: str) -> pd.Series:
     if kind == "key":
         if s.isna().any():
             raise InputError(param, f"column '{col}' has {int(s.isna().sum())} missing values", path)
@@ -199,7 +199,7 @@ def load_arrays(param: str, value: str | Path, required: Sequence[str], optional
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(param, f"cannot be read as .npz ({type(exc).__name__}: {_first_line(exc)})", path) from None
+        raise InputError(param, f"cannot be read as .npz ({type(exc).__name__}: {first_line(exc)})", path) from None
     for k, a in out.items():
         if a.size == 0:
             raise InputError(param, f"array '{k}' is empty", path)
@@ -222,10 +222,10 @@ def load_json(param: str, value: str | Path, parse_float=float):
     try:
         return json.loads(path.read_text(), parse_float=parse_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(param, f"is not valid JSON ({_first_line(exc)})", path) from None
+        raise InputError(param, f"is not valid JSON ({first_line(exc)})", path) from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
 
@@ -397,7 +397,7 @@ def _tensorboard_history(param: str, path: Path) -> pd.DataFrame:
         acc.Reload()
         tags = acc.Tags().get("scalars", [])
     except Exception as exc:
-        raise InputError(param, f"cannot be read as TensorBoard events ({type(exc).__name__}: {_first_line(exc)})",
+        raise InputError(param, f"cannot be read as TensorBoard events ({type(exc).__name__}: {first_line(exc)})",
                          path) from None
     if not tags:
         raise InputError(param, "no TensorBoard scalars found", path)
@@ -437,7 +437,7 @@ def load_history(param: str, value: str | Path) -> pd.DataFrame:
         try:
             df = pd.read_csv(path)
         except Exception as exc:
-            raise InputError(param, f"cannot be read as CSV ({type(exc).__name__}: {_first_line(exc)})", path) from None
+            raise InputError(param, f"cannot be read as CSV ({type(exc).__name__}: {first_line(exc)})", path) from None
     else:
         raise InputError(param, f"unsupported history file {path.name!r}: expected .json, .csv, a TensorBoard "
                                 "event file or log directory", path)

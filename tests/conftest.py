@@ -21,3 +21,25 @@ def elsewhere(tmp_path, monkeypatch):
     d.mkdir()
     monkeypatch.chdir(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def sample_execution(tmp_path_factory):
+    """``sample_execution(name)``: the notebook executed once per worker on its bundled sample run
+    (defaults, demos on), from an unrelated working directory; returns (summary dict, executed .ipynb path).
+
+    Mark the tests that use it ``@pytest.mark.xdist_group("<notebook>")`` so that, under
+    ``--dist loadgroup``, one worker executes each sample once and shares it.
+    """
+    from helpers.runner.execute import execute
+
+    cache: dict[str, tuple[dict, Path]] = {}
+
+    def get(name: str) -> tuple[dict, Path]:
+        if name not in cache:
+            out = tmp_path_factory.mktemp(f"sample-{name}")
+            cwd = tmp_path_factory.mktemp(f"cwd-{name}")
+            cache[name] = (execute(name, {}, out, cwd=cwd), out / f"{name}.ipynb")
+        return cache[name]
+
+    return get

@@ -20,7 +20,7 @@ import yaml
 
 from helpers.augmentation_leakage import leakage as lk
 from helpers.findings import Finding, not_applicable
-from helpers.io import InputError, _check_column, load_json, load_table, resolve_path
+from helpers.io import InputError, check_column, load_json, load_table, resolve_path
 from helpers.params import check_range, check_types
 from helpers.paths import DATA_SAMPLES
 
@@ -126,7 +126,7 @@ def load_samples(param: str, value, feature_columns: list) -> tuple[pd.DataFrame
         if not features:
             raise InputError(param, "no numeric feature columns (every column is reserved or not numeric)", path)
     for c in features:
-        df[c] = _check_column(param, path, df[c], c, "float")
+        df[c] = check_column(param, path, df[c], c, "float")
     for key in ("group", "tier", "parent_id"):
         if key in df.columns and df[key].dtype == object:
             df[key] = df[key].astype(str)

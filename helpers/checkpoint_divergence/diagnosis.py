@@ -28,7 +28,7 @@ import pandas as pd
 
 from helpers.checkpoint_divergence import checkpoints as ck
 from helpers.findings import Finding, not_applicable
-from helpers.io import InputError, _first_line, check_shape, load_arrays, resolve_path
+from helpers.io import InputError, check_shape, first_line, load_arrays, resolve_path
 from helpers.params import check_range, check_types, load_callable
 
 NOTEBOOK = "03_checkpoint_divergence"
@@ -239,7 +239,7 @@ def check_forward(forward: Callable, run: CheckpointRun) -> None:
     try:
         curves = ck.call_forward(forward, run.target[:2], fast=False)
     except Exception as exc:
-        raise InputError("forward_model", f"failed on two validation targets ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise InputError("forward_model", f"failed on two validation targets ({type(exc).__name__}: {first_line(exc)})") from None
     if curves.shape[0] != 2 or curves.ndim != 2 or not np.isfinite(curves).all():
         raise InputError("forward_model", f"must map (n, {run.n_params}) parameters to finite (n, L) curves; "
                                           f"got shape {curves.shape} for n=2")
@@ -265,7 +265,7 @@ def resolve_glob(param: str, pattern: str) -> list[Path]:
             fs, root = url_to_fs(pattern.strip())
             found = sorted(fs.glob(root))
         except Exception as exc:
-            raise InputError(param, f"cannot list this URL pattern ({type(exc).__name__}: {_first_line(exc)})",
+            raise InputError(param, f"cannot list this URL pattern ({type(exc).__name__}: {first_line(exc)})",
                              pattern) from None
         if not found:
             raise InputError(param, "no file matches this pattern", pattern)
@@ -290,9 +290,9 @@ def read_checkpoint(param: str, path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError(param, "holds a pickled Python object that torch.load(weights_only=True) refuses to run "
-                                f"({_first_line(exc)[:120]}); save model.state_dict() instead", path) from None
+                                f"({first_line(exc)[:120]}); save model.state_dict() instead", path) from None
     except Exception as exc:
-        raise InputError(param, f"cannot be read as a torch checkpoint ({type(exc).__name__}: {_first_line(exc)})", path) from None
+        raise InputError(param, f"cannot be read as a torch checkpoint ({type(exc).__name__}: {first_line(exc)})", path) from None
 
 
 def state_dict_of(param: str, path: Path, obj: Any) -> dict:
@@ -363,7 +363,7 @@ def load_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep
     try:
         model = factory()
     except Exception as exc:
-        raise InputError("model_factory", f"raised {type(exc).__name__}: {_first_line(exc)}") from None
+        raise InputError("model_factory", f"raised {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, torch.nn.Module):
         raise InputError("model_factory", f"returned {type(model).__name__}, expected a torch.nn.Module")
     vpath = resolve_path("validation", validation, (".npz",))
@@ -395,7 +395,7 @@ def load_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise InputError("checkpoint_files", f"does not fit the model from model_factory: {_first_line(exc)[:200]}", path) from None
+            raise InputError("checkpoint_files", f"does not fit the model from model_factory: {first_line(exc)[:200]}", path) from None
         out = predict(model, x)
         if out.shape != target.shape:
             raise InputError("checkpoint_files", f"the model predicts shape {out.shape} for 'x', but 'target' is {target.shape}", path)

@@ -1,6 +1,6 @@
 """The diagnosis of notebook 02: is a task encoder collapsed, and is it still stochastic?
 
-Input: one npz per encoder (see DESIGN.md): ``z`` (N, D) or (N, T, D) posterior
+Input: one npz per encoder (docs/02_encoder_variance.md): ``z`` (N, D) or (N, T, D) posterior
 means, ``group`` (N,) puzzle ids, optional ``z_samples`` (N, R, ...) with R >= 2
 repeated stochastic passes and optional ``logvar`` shaped like ``z``.
 

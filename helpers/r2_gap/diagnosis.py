@@ -1,7 +1,7 @@
 """The diagnosis behind notebook 01: inputs, measurements and findings for the R² gap.
 
 The statistics live in :mod:`helpers.r2_gap.regression`; this module turns a run's
-files into those measurements and the findings of DESIGN.md.
+files into those measurements and the findings (docs/01_r2_gap.md).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ PADDING_EFFECT = 1e-3
 
 
 def load_predictions(param: str, path: str | Path) -> pd.DataFrame:
-    """The predictions table, schema-checked (see DESIGN: 01 input contract)."""
+    """The predictions table, schema-checked (docs/01_r2_gap.md)."""
     df = load_table(param, path, REQUIRED, OPTIONAL)
     file = resolve_path(param, path)
     for col in ("rank", "batch"):
