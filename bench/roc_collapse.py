@@ -2,8 +2,9 @@
 
 * tpr@fpr with a 1,000-replicate stratified bootstrap interval on 1.3 x 10^6 bfloat16 scores
   (the per-block multinomial walk of ``low_fpr.bootstrap_tpr_at_fpr``), target <= 20x;
-* the tie audit and metric recomputation (``roc_collapse.diagnose`` without bootstrap, ROC-function
-  audit or loader log) for 12 epochs x 1.3 x 10^6 rows, target <= 30x one roc_curve on one epoch.
+* the tie audit and metric recomputation (``helpers.roc_collapse.diagnosis.diagnose`` with 100
+  bootstrap replicates, no history, ROC-function audit or loader log) for 12 epochs x 1.3 x 10^6
+  rows, target <= 30x one roc_curve on one epoch.
 
 Scores are generated here (seeded): saturating bfloat16 sigmoids of growing logits, as in the sample.
 Each side is timed ``REPEATS`` times, alternating, and the best time is kept (the machine is shared).
@@ -19,7 +20,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_curve
 
-from helpers.roc_collapse import diagnosis as rc
+from helpers.roc_collapse import diagnosis as dx
 from helpers.roc_collapse import low_fpr as lf
 
 N = 1_300_000
@@ -71,19 +72,20 @@ def run(quick: bool = False) -> list[dict]:
              "value": t_boot / t_roc, "target": 20.0,
              "detail": f"{t_boot:.2f} s vs {t_roc:.2f} s (best of {REPEATS}); tpr {b['tpr']:.4f} "
                        f"[{b['low']:.4f}, {b['high']:.4f}]"}]
-    inputs = rc.RunInputs(df[["epoch", "label", "score"]], None, None, None, {})
+    scores_only = dx.Run(df[["epoch", "label", "score"]], history=None, seen=None, roc_function=None)
+    params = {"fpr_targets": [1e-4, 1e-3], "tpr_targets": [0.5, 0.85], "n_bootstrap": 100, "seed": 0}
     ys, ss = one["label"].to_numpy(), one["score"].to_numpy()
 
     def audit():
         # the tie audit + every metric and partial AUC per epoch; the bootstrap's own cost is the row above
-        return rc.diagnose(inputs, [1e-4, 1e-3], [0.5, 0.85], n_boot=100, seed=0)
+        return dx.diagnose(scores_only, params)
 
     t_audit, t_one = best_pair(audit, lambda: roc_curve(ys, ss))
     d = audit()
     rows.append({"name": f"04: tie audit + metric recomputation, {epochs} epochs x {n:.1e} rows / one roc_curve",
                  "value": t_audit / t_one, "target": 30.0,
                  "detail": f"{t_audit:.2f} s vs {t_one:.2f} s (best of {REPEATS}); predicted cliff epochs "
-                           f"{rc.cliff_table(d, None)['predicted_cliff_epoch'].tolist()}"})
+                           f"{dx.cliff_table(d, None)['predicted_cliff_epoch'].tolist()}"})
     return rows
 
 

@@ -1,4 +1,4 @@
-"""helpers.io.load_history: every per-epoch log format a training run leaves, and bad files."""
+"""helpers.history.load_history: every per-epoch log format a training run leaves, and bad files."""
 
 import json
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.io import InputError, load_history, parse_metric_key
+from helpers.history import load_history, parse_metric_key
+from helpers.io import InputError
 
 EPOCHS = 4
 TRAIN = [0.5, 0.3, 0.2, 0.1]

@@ -6,10 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from face import defaults, pipeline
 from sklearn.metrics import roc_curve
 
+from helpers.findings import SAMPLE_BANNER
 from helpers.io import InputError
-from helpers.roc_collapse import diagnosis as rc
+from helpers.roc_collapse import diagnosis as dx
 from helpers.roc_collapse import low_fpr as lf
 
 
@@ -58,14 +60,14 @@ def sk_history(df, fpr_targets, tpr_targets, source="score"):
 
 def params(tmp_path, **kw):
     return {"history": "", "scores": str(tmp_path / "scores.parquet"), "fpr_targets": [1e-3, 1e-2],
-            "tpr_targets": [0.5, 0.9], "seen_ids": "", "roc_function": "", "n_bootstrap": 200, "output_dir": "",
-            "run_demos": False, "seed": 0, **kw}
+            "tpr_targets": [0.5, 0.9], "seen_ids": "", "roc_function": "", "n_bootstrap": 200,
+            "output_dir": str(tmp_path / "out"), "run_demos": False, "seed": 0, **kw}
 
 
 def run(tmp_path, **kw):
-    p, inputs = rc.load_inputs(params(tmp_path, **kw))
-    d = rc.diagnose(inputs, p["fpr_targets"], p["tpr_targets"], p["n_bootstrap"], p["seed"])
-    return d, {f.id: f for f in rc.findings(d)}
+    """The notebook's pipeline through the face of ``dx``: (diagnosis, findings by id)."""
+    r = pipeline(dx, **params(tmp_path, **kw))
+    return r.diagnosis, r.found
 
 
 def sklearn_roc_module(tmp_path):
@@ -156,7 +158,7 @@ def test_real_bf16_training_run_findings_match_direct_computations(tmp_path):
             naive = tps[fps / fps[-1] <= t].max(initial=0) / tps[-1]
             fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
             gaps.append(naive - tpr[fpr <= t].max())
-    assert (found["score_saturation_ties"].status == "detected") == (max(gaps) >= rc.TIE_GAP)
+    assert (found["score_saturation_ties"].status == "detected") == (max(gaps) >= dx.TIE_GAP)
     lm = found["logged_metric_mismatch"]
     assert lm.status == "detected" and lm.evidence["differ"] == 1 and "epoch 3" in lm.message
     assert lm.evidence["not_checked"] == 5
@@ -215,9 +217,12 @@ def test_worker_duplication_and_roc_function_mismatch(tmp_path):
 
 @pytest.mark.parametrize("kw, problem", [
     ({"fpr_targets": "[2]"}, "fpr_targets: every rate must be a number in (0, 1), got 2"),
-    ({"fpr_targets": "[1e-4,"}, "fpr_targets: cannot parse"),
+    ({"fpr_targets": "[1e-4,"}, "fpr_targets: expected a list like [1e-4, 1e-3], could not parse"),
     ({"fpr_targets": []}, "fpr_targets: needs at least one rate"),
+    ({"fpr_targets": "[1e-4, often]"}, "fpr_targets: expected numbers, got 'often'"),
+    ({"fpr_targets": 0.001}, "fpr_targets: expected a list"),
     ({"tpr_targets": "abc"}, "tpr_targets: expected a list"),
+    ({"tpr_targets": "0.5"}, "tpr_targets: expected a list"),  # one list parser: a bare number is not a list
     ({"n_bootstrap": 5}, "n_bootstrap: must be in"),
     ({"seed": "x"}, "seed: expected an integer"),
     ({"roc_function": "nope_module_x:f"}, "roc_function: cannot import"),
@@ -226,7 +231,7 @@ def test_worker_duplication_and_roc_function_mismatch(tmp_path):
 def test_bad_parameters_fail_in_one_line(tmp_path, kw, problem):
     make_run(tmp_path, epochs=1, n_pos=50, n_neg=50)
     with pytest.raises(InputError) as e:
-        rc.load_inputs(params(tmp_path, **kw))
+        dx.load_inputs(params(tmp_path, **kw))
     assert problem in str(e.value) and "\n" not in str(e.value)
 
 
@@ -234,27 +239,47 @@ def test_bad_scores_tables(tmp_path):
     bad = pd.DataFrame({"epoch": [0, 0, 1, 1], "label": [0, 1, 1, 1], "score": [0.1, 0.9, 0.5, 0.6]})
     bad.to_parquet(tmp_path / "scores.parquet")
     with pytest.raises(InputError, match="epoch 1 has no negatives"):
-        rc.load_inputs(params(tmp_path))
+        dx.load_inputs(params(tmp_path))
     bad.drop(columns="score").to_parquet(tmp_path / "scores.parquet")
     with pytest.raises(InputError, match="needs a 'score' or a 'logit' column"):
-        rc.load_inputs(params(tmp_path))
+        dx.load_inputs(params(tmp_path))
     bad.assign(score=[0.1, np.nan, 0.2, 0.3]).to_parquet(tmp_path / "scores.parquet")
     with pytest.raises(InputError, match="'score' has 1 NaN/inf"):
-        rc.load_inputs(params(tmp_path))
+        dx.load_inputs(params(tmp_path))
     bad.assign(label=[0, 2, 0, 1]).to_parquet(tmp_path / "scores.parquet")
     with pytest.raises(InputError, match="only 0 and 1"):
-        rc.load_inputs(params(tmp_path))
+        dx.load_inputs(params(tmp_path))
 
 
 def test_target_lists_accept_text_and_metric_names(tmp_path):
-    assert rc.parse_targets("x", "[1e-4, 0.001]") == [1e-4, 1e-3]
-    assert rc.parse_targets("x", "0.5") == [0.5]
-    assert rc.parse_targets("x", [0.85, "0.5"]) == [0.5, 0.85]
+    make_run(tmp_path, epochs=1, n_pos=50, n_neg=50)
+    p, _ = dx.load_inputs(params(tmp_path, fpr_targets="[1e-4, 0.001]", tpr_targets=[0.85, "0.5"]))
+    assert p["fpr_targets"] == [1e-4, 1e-3] and p["tpr_targets"] == [0.5, 0.85]
+    p, _ = dx.load_inputs(params(tmp_path, fpr_targets="[0.01, 1e-3, 0.01]", tpr_targets="[]"))
+    assert p["fpr_targets"] == [1e-3, 1e-2] and p["tpr_targets"] == []  # sorted, without repeats
     assert lf.rate_str(1e-4) == "1e-4" and lf.rate_str(0.001) == "0.001" and lf.rate_str(0.85) == "0.85"
 
 
 def test_a_run_mixing_the_users_files_with_the_sample_is_refused(tmp_path):
     make_run(tmp_path, epochs=1, n_pos=50, n_neg=50)
     with pytest.raises(InputError) as e:
-        rc.load_inputs(params(tmp_path, history="data_samples/04_roc_collapse/history.json"))
+        dx.load_inputs(params(tmp_path, history="data_samples/04_roc_collapse/history.json"))
     assert str(e.value).startswith("history: ") and "bundled sample" in str(e.value)
+
+
+def test_the_face_and_the_inputs_banner(tmp_path):
+    assert set(dx.PARAMETER_TYPES) == set(defaults(dx.NOTEBOOK))
+    assert all(isinstance(v, dx.PARAMETER_TYPES[k]) for k, v in defaults(dx.NOTEBOOK).items())
+    make_run(tmp_path, epochs=2, n_pos=300, n_neg=3000)
+    (tmp_path / "seen.csv").write_text("epoch,sample_id\n0,1\n0,2\n")
+    r = pipeline(dx, **params(tmp_path, seen_ids=str(tmp_path / "seen.csv"),
+                              roc_function="helpers.roc_collapse.low_fpr:curve"))
+    assert list(r.found) == list(dx.FINDING_IDS)
+    assert r.run.inputs == {"scores": tmp_path / "scores.parquet", "seen_ids": tmp_path / "seen.csv"}
+    assert SAMPLE_BANNER not in r.banner and "[bundled sample]" not in r.banner
+    assert f"scores: {tmp_path / 'scores.parquet'}" in r.banner
+    assert "2 epochs x 3,300 rows" in r.banner and "roc_function: helpers.roc_collapse.low_fpr:curve" in r.banner
+    assert r.summary.metrics == dx.metrics(r.diagnosis) and r.summary.metrics["mean_multiplicity"] == 1.0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["findings"].keys() == set(dx.FINDING_IDS)
+    assert not hasattr(dx, "headline_metrics") and not hasattr(dx, "check_parameters")
+

@@ -1,4 +1,8 @@
-"""Notebook 04 executed with papermill: the sample run, new runs' files, bad inputs."""
+"""Notebook 04 on the sample run (executed once per suite), a new run's files, and bad inputs.
+
+Papermill executions: the shared sample execution, one new healthy run, one bad input. The rest
+(determinism, the other refusals, the healthy run's findings) is checked in-process through the face.
+"""
 
 import json
 
@@ -7,11 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from face import pipeline
 from notebook_checks import failure_line
 
+from helpers.findings import SAMPLE_BANNER
+from helpers.io import InputError
+from helpers.roc_collapse import diagnosis as dx
 from helpers.runner.execute import execute
 
-pytestmark = pytest.mark.notebook
 NAME = "04_roc_collapse"
 
 
@@ -19,14 +26,24 @@ def status(summary):
     return {k: f["status"] for k, f in summary["findings"].items()}
 
 
-def test_04_sample_run_from_another_directory(tmp_path, elsewhere):
-    out = tmp_path / "out"
-    summary = execute(NAME, {}, out, cwd=elsewhere)
+def without_lab(summary: dict) -> dict:
+    """summary.json without what the lab (run_demos) and the output directory add."""
+    s = json.loads(json.dumps(summary))
+    s["parameters"].pop("output_dir"), s["parameters"].pop("run_demos")
+    s["metrics"] = {k: v for k, v in s["metrics"].items() if not k.startswith("lab_")}
+    return s
+
+
+@pytest.mark.notebook
+@pytest.mark.xdist_group(NAME)
+def test_04_sample_run_from_another_directory(sample_execution):
+    summary, executed_path = sample_execution(NAME)
     st = status(summary)
     assert {k for k, v in st.items() if v == "detected"} == {
         "score_saturation_ties", "too_few_negatives", "worker_duplication", "roc_implementation_mismatch",
         "late_collapse", "logits_recover_ranking"}
     assert st["logged_metric_mismatch"] == "not_detected" and st["paired_control_shortcut"] == "not_detected"
+    assert list(summary["findings"]) == list(dx.FINDING_IDS)
     m = summary["metrics"]
     assert m["score_dtype"] == "bfloat16" and m["saturation_logit"] == 6.25 and m["allowed_negatives@fpr1e-4"] == 6
     assert m["tpr@fpr1e-4_last_score"] == 0 and m["tpr@fpr1e-4_last_logit"] > 0.5 and m["kept_epoch"] == 3
@@ -37,18 +54,28 @@ def test_04_sample_run_from_another_directory(tmp_path, elsewhere):
     assert [r["times each sample is yielded"] for r in m["lab_loader"]] == [4.0, 1.0]
     es = m["lab_early_stopping"]
     assert es["kept_test"] > es["last_test"]
-    assert len(list((out / "figures").glob("*.png"))) >= 8
-    executed = nbformat.read(out / f"{NAME}.ipynb", as_version=4)
-    first = next(o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"
-                 and "SAMPLE RUN" in o.text)
-    assert first is not None
-    # determinism: the same inputs give the same diagnosis
-    again = execute(NAME, {"run_demos": False}, tmp_path / "again", cwd=elsewhere)
-    for s in (summary, again):
-        s["parameters"].pop("output_dir"), s["parameters"].pop("run_demos")
-        for k in [k for k in s["metrics"] if k.startswith("lab_")]:
-            s["metrics"].pop(k)
-    assert summary == again
+    assert len(list((executed_path.parent / "figures").glob("*.png"))) >= 8
+    executed = nbformat.read(executed_path, as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    # the banner is the first thing the inputs cell prints, and it says loudly that this is the sample
+    banner = next(o.text for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                  if o.output_type == "stream" and "inputs read:" in o.text)
+    assert banner.startswith(SAMPLE_BANNER)
+    assert "12 epochs x 128,000 rows" in banner
+
+
+@pytest.mark.xdist_group(NAME)
+@pytest.mark.notebook
+def test_04_the_face_gives_the_notebooks_summary_and_is_deterministic(sample_execution, tmp_path, elsewhere):
+    """The sample's diagnosis in-process equals the executed notebook's (but the lab), and twice the same."""
+    summary, _ = sample_execution(NAME)
+    first = pipeline(dx, output_dir=str(tmp_path / "a"))
+    again = pipeline(dx, output_dir=str(tmp_path / "b"))
+    assert without_lab(first.summary.to_dict()) == without_lab(again.summary.to_dict())
+    assert without_lab(first.summary.to_dict()) == without_lab(summary)
+    assert first.banner.splitlines()[0] == SAMPLE_BANNER and first.banner.count("[bundled sample]") == 4
+    assert set(first.run.inputs) == {"scores", "history", "seen_ids", "roc_function"}
 
 
 def healthy_run(d, epochs=5, n_pos=3000, n_neg=30000, seed=1):
@@ -70,11 +97,11 @@ def healthy_run(d, epochs=5, n_pos=3000, n_neg=30000, seed=1):
     (d / "trainer_state.json").write_text(json.dumps({"log_history": log, "global_step": 10 * epochs}))
 
 
-def test_04_on_a_new_healthy_run(tmp_path, elsewhere):
-    healthy_run(elsewhere)
-    summary = execute(NAME, {"scores": "scores.csv", "history": "trainer_state.json", "fpr_targets": "[0.01, 0.05]",
-                             "tpr_targets": "[0.5]", "seen_ids": "", "roc_function": "", "run_demos": False},
-                      tmp_path / "out", cwd=elsewhere)
+HEALTHY = {"scores": "scores.csv", "history": "trainer_state.json", "fpr_targets": "[0.01, 0.05]",
+           "tpr_targets": "[0.5]", "seen_ids": "", "roc_function": "", "run_demos": False}
+
+
+def check_healthy(summary: dict):
     st = status(summary)
     assert not [k for k, v in st.items() if v == "detected"], st
     assert st["logged_metric_mismatch"] == "not_detected"
@@ -83,12 +110,38 @@ def test_04_on_a_new_healthy_run(tmp_path, elsewhere):
     assert summary["parameters"]["fpr_targets"] == [0.01, 0.05]
 
 
-@pytest.mark.parametrize("params, expected", [
+@pytest.mark.notebook
+def test_04_on_a_new_healthy_run(tmp_path, elsewhere):
+    healthy_run(elsewhere)
+    summary = execute(NAME, HEALTHY, tmp_path / "out", cwd=elsewhere)
+    check_healthy(summary)
+    # the same files in-process, through the face, give the same summary
+    r = pipeline(dx, **HEALTHY, output_dir=str(tmp_path / "face"))
+    check_healthy(r.summary.to_dict())
+    assert without_lab(r.summary.to_dict()) == without_lab(summary)
+    assert SAMPLE_BANNER not in r.banner and "5 epochs x 33,000 rows" in r.banner
+
+
+BAD_INPUTS = [
     ({"scores": "missing.parquet"}, ["scores: ", "missing.parquet", "file not found"]),
     ({"fpr_targets": "[1e-4, 2]"}, ["fpr_targets: every rate must be a number in (0, 1), got 2"]),
     ({"history": "bad.json"}, ["history: ", "bad.json", "is not valid JSON"]),
-])
-def test_04_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, params, expected):
+]
+
+
+@pytest.mark.parametrize("params, expected", BAD_INPUTS)
+def test_04_bad_input_is_refused_in_one_line(tmp_path, elsewhere, params, expected):
     (elsewhere / "bad.json").write_text("{oops")
+    with pytest.raises(InputError) as exc:
+        pipeline(dx, **params, output_dir=str(tmp_path / "out"))
+    line = str(exc.value)
+    assert all(part in line for part in expected) and "\n" not in line, line
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.notebook
+def test_04_bad_input_fails_with_one_clear_line(tmp_path, elsewhere):
+    params, expected = BAD_INPUTS[1]  # a list parameter as papermill's text
     line = failure_line(NAME, {**params, "run_demos": False}, tmp_path / "out", cwd=elsewhere)
     assert all(part in line for part in expected), line
+    assert not (tmp_path / "out" / "summary.json").exists()

@@ -1,8 +1,12 @@
 """The diagnosis behind notebook 04: why tpr@fpr falls off a cliff.
 
-The statistics live in :mod:`helpers.roc_collapse.low_fpr` (ROC at low FPR, ties, bootstrap,
-ROC-function audit) and :mod:`helpers.roc_collapse.loader_audit` (what the loader yielded);
+The statistics live in ``helpers.roc_collapse.low_fpr`` (ROC at low FPR, ties, bootstrap,
+ROC-function audit) and ``helpers.roc_collapse.loader_audit`` (what the loader yielded);
 this module turns a run's files into those measurements and the findings.
+
+The face every notebook's diagnosis shares: :data:`NOTEBOOK`, :data:`FINDING_IDS`,
+:data:`PARAMETER_TYPES`, :func:`load_inputs`, :func:`describe_inputs`, :func:`diagnose`,
+:func:`findings`, :func:`metrics`.
 """
 
 from __future__ import annotations
@@ -10,17 +14,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from helpers.findings import Finding, not_applicable
-from helpers.io import InputError, load_history, load_table, parse_metric_key, resolve_path
+from helpers.findings import Finding, input_files, not_applicable
+from helpers.findings import describe_inputs as describe_files
+from helpers.history import load_history, parse_metric_key
+from helpers.io import InputError, load_table, resolve_path
 from helpers.roc_collapse import loader_audit as la
 from helpers.roc_collapse import low_fpr as lf
 
 NOTEBOOK = "04_roc_collapse"
+FINDING_IDS = (
+    "score_saturation_ties", "too_few_negatives", "worker_duplication", "roc_implementation_mismatch",
+    "logged_metric_mismatch", "late_collapse", "logits_recover_ranking", "paired_control_shortcut",
+)
 PARAMETER_TYPES = {
     "history": str, "scores": str, "fpr_targets": list, "tpr_targets": list, "seen_ids": str, "roc_function": str,
     "n_bootstrap": int, "output_dir": str, "run_demos": bool, "seed": int,
@@ -42,12 +51,15 @@ WORKER_REPEAT_SHARE = 0.01
 
 # --------------------------------------------------------------------------- inputs
 @dataclass
-class RunInputs:
+class Run:
+    """A run's files, loaded and checked: the scores table and the optional history, loader log and ROC code."""
+
     scores: pd.DataFrame
     history: pd.DataFrame | None
     seen: pd.DataFrame | None
     roc_function: Callable | None
-    files: dict[str, str]
+    inputs: dict = field(default_factory=dict)  # parameter -> file read (helpers.findings.input_files)
+    roc_module: str = ""  # a roc_function given as "module:function" (no file to list among the inputs)
 
     @property
     def has_logits(self) -> bool:
@@ -58,23 +70,12 @@ class RunInputs:
         return "score" in self.scores.columns
 
 
-def parse_targets(name: str, value, allow_empty: bool = False) -> list[float]:
-    """A list of rates in (0, 1); a string holding a YAML/JSON list is parsed (papermill -p passes text)."""
-    import yaml
-
-    if isinstance(value, str):
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise InputError(name, f"cannot parse {value!r} as a list ({str(exc).splitlines()[0]})") from None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = [value]
-    if not isinstance(value, list | tuple):
-        raise InputError(name, f"expected a list of rates like [1e-4, 1e-3], got {value!r}")
-    if not value and not allow_empty:
+def _rates(name: str, values: list, allow_empty: bool = False) -> list[float]:
+    """The parsed list of ``name`` as rates in (0, 1), sorted, without repeats."""
+    if not values and not allow_empty:
         raise InputError(name, "needs at least one rate")
     out = []
-    for v in value:
+    for v in values:
         if isinstance(v, str):
             try:
                 v = float(v)
@@ -115,18 +116,17 @@ def load_scores(param: str, value) -> pd.DataFrame:
     return df.sort_values("epoch", kind="stable").reset_index(drop=True)
 
 
-def load_inputs(params: Mapping) -> tuple[dict, RunInputs]:
-    """Check the notebook's parameters and load its files: (parameters, inputs).
+def load_inputs(params: Mapping) -> tuple[dict, Run]:
+    """Check the notebook's parameters and load its files: (parameters, run).
 
     Raises :class:`~helpers.io.InputError` (one line: parameter, file, problem) on any mistake.
     """
     from helpers.params import check_not_mixed, check_range, check_types, load_callable
+    from helpers.paths import locate
 
-    p = dict(params)
-    for name, empty_ok in (("fpr_targets", False), ("tpr_targets", True)):
-        if name in p:
-            p[name] = parse_targets(name, p[name], allow_empty=empty_ok)
-    p = check_types(p, PARAMETER_TYPES)
+    p = check_types(params, PARAMETER_TYPES)
+    p["fpr_targets"] = _rates("fpr_targets", p["fpr_targets"])
+    p["tpr_targets"] = _rates("tpr_targets", p["tpr_targets"], allow_empty=True)
     check_range("n_bootstrap", p["n_bootstrap"], 100, 100_000)
     check_range("seed", p["seed"], 0, None)
     scores = load_scores("scores", p["scores"])
@@ -138,38 +138,22 @@ def load_inputs(params: Mapping) -> tuple[dict, RunInputs]:
     fn = load_callable("roc_function", p["roc_function"]) if p["roc_function"].strip() else None
     # the user's scores against the sample's history (or the reverse) would diagnose a chimera
     check_not_mixed(p, ("scores", "history", "seen_ids", "roc_function"))
-    files = {"scores": str(resolve_path("scores", p["scores"]))}
-    if history is not None:
-        files["history"] = str(_resolved(p["history"]))
-    if seen is not None:
-        files["seen_ids"] = str(resolve_path("seen_ids", p["seen_ids"]))
-    if fn is not None:
-        files["roc_function"] = p["roc_function"]
-    return p, RunInputs(scores, history, seen, fn, files)
+    read = [k for k in ("scores", "history", "seen_ids", "roc_function") if p[k].strip()]
+    inputs = input_files({k: p[k] for k in read})
+    if history is not None and "history" not in inputs and locate(p["history"], "any") is not None:
+        inputs["history"] = locate(p["history"], "any")  # a TensorBoard log directory
+    roc_module = p["roc_function"].strip() if fn is not None and "roc_function" not in inputs else ""
+    return p, Run(scores, history, seen, fn, inputs, roc_module)
 
 
-def _resolved(value: str) -> Path:
-    from helpers.paths import REPO_ROOT
-
-    path = Path(value).expanduser()
-    return next((c for c in ([path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]) if c.exists()),
-                path).resolve()
-
-
-def describe_inputs(inputs: RunInputs) -> str:
-    """Which files were read, and loudly whether they are the bundled sample run."""
-    from helpers.paths import DATA_SAMPLES
-
-    lines = []
-    sample = False
-    for k, v in inputs.files.items():
-        path = Path(v.rpartition(":")[0] if k == "roc_function" and v.count(":") else v)
-        in_samples = path.is_absolute() and DATA_SAMPLES in path.resolve().parents
-        sample |= in_samples and k == "scores"
-        lines.append(f"{k}: {v}")
-    head = ("*** THE BUNDLED SAMPLE RUN (data_samples/04_roc_collapse): set the parameters to diagnose your own run ***"
-            if sample else "diagnosing your run:")
-    return "\n".join([head, *lines])
+def describe_inputs(run: Run) -> str:
+    """Which files were read (and loudly whether they are the bundled sample run), and what they hold."""
+    df = run.scores
+    n_epochs = df["epoch"].nunique()
+    details = [f"scores: {n_epochs} epochs x {len(df) // n_epochs:,} rows; columns: {', '.join(df.columns)}"]
+    if run.roc_module:
+        details.append(f"roc_function: {run.roc_module}")
+    return describe_files(run.inputs, details=details)
 
 
 # --------------------------------------------------------------------------- measurements
@@ -225,13 +209,14 @@ def _epoch_measure(y, s, keys, fpr_targets, n_boot, seed, source) -> tuple[list,
     return rows, audit, boots
 
 
-def diagnose(inputs: RunInputs, fpr_targets=(1e-4, 1e-3), tpr_targets=(0.5, 0.85), n_boot: int = 1000,
-             seed: int = 0) -> Diagnosis:
-    """All measurements of notebook 04."""
-    df = inputs.scores
-    fpr_targets, tpr_targets = list(fpr_targets), list(tpr_targets)
-    keys = _metric_keys(fpr_targets, tpr_targets, inputs.history)
-    sources = [s for s, ok in (("score", inputs.has_scores), ("logit", inputs.has_logits)) if ok]
+def diagnose(run: Run, params: Mapping) -> Diagnosis:
+    """All measurements of notebook 04, with the parameters ``fpr_targets``, ``tpr_targets``,
+    ``n_bootstrap`` and ``seed`` (as :func:`load_inputs` returns them)."""
+    df = run.scores
+    fpr_targets, tpr_targets = list(params["fpr_targets"]), list(params["tpr_targets"])
+    n_boot, seed = params["n_bootstrap"], params["seed"]
+    keys = _metric_keys(fpr_targets, tpr_targets, run.history)
+    sources = [s for s, ok in (("score", run.has_scores), ("logit", run.has_logits)) if ok]
     values, audits, logit_audits, boots = [], [], [], []
     epochs = sorted(df["epoch"].unique().tolist())
     for e, g in df.groupby("epoch", sort=True):
@@ -253,24 +238,24 @@ def diagnose(inputs: RunInputs, fpr_targets=(1e-4, 1e-3), tpr_targets=(0.5, 0.85
     n_pos, n_neg = int(last["label"].sum()), int(len(last) - last["label"].sum())
     audit = pd.DataFrame(audits)
     score_dtype = None
-    if inputs.has_scores:
+    if run.has_scores:
         dtypes = audit["score_dtype"]
         score_dtype = max(dtypes, key=lambda d: lf.FLOAT_DTYPES.index(d))  # the widest seen
     saturation = {d: lf.saturation_logit(d) for d in ("bfloat16", "float16", "float32")}
     d = Diagnosis(fpr_targets, tpr_targets, epochs, n_pos, n_neg, score_dtype, saturation, audit,
                   pd.DataFrame(values), pd.DataFrame(boots), None,
                   pd.DataFrame(logit_audits) if logit_audits else None, sources=sources,
-                  history_keys=[k for k in keys if inputs.history is not None
-                                and any(parse_metric_key(c) == k for c in inputs.history.columns)])
-    if inputs.history is not None:
-        d.comparison = compare_history(d, inputs.history)
-    if inputs.roc_function is not None:
-        d.roc_cases = lf.audit_roc_function(inputs.roc_function, fpr_targets, tpr_targets, seed=seed)
-        d.roc_run = audit_on_run(inputs.roc_function, df, fpr_targets, tpr_targets, sources[0])
-    if inputs.seen is not None:
-        d.loader = la.summary(inputs.seen)
-        d.loader_epochs = la.multiplicity(inputs.seen)
-        d.loader_sources = la.by_source(inputs.seen)
+                  history_keys=[k for k in keys if run.history is not None
+                                and any(parse_metric_key(c) == k for c in run.history.columns)])
+    if run.history is not None:
+        d.comparison = compare_history(d, run.history)
+    if run.roc_function is not None:
+        d.roc_cases = lf.audit_roc_function(run.roc_function, fpr_targets, tpr_targets, seed=seed)
+        d.roc_run = audit_on_run(run.roc_function, df, fpr_targets, tpr_targets, sources[0])
+    if run.seen is not None:
+        d.loader = la.summary(run.seen)
+        d.loader_epochs = la.multiplicity(run.seen)
+        d.loader_sources = la.by_source(run.seen)
     d.paired, d.paired_reason = paired_controls(df, sources[-1])
     d.collapse = late_collapse(d)
     return d
@@ -621,6 +606,7 @@ def paired_finding(d: Diagnosis) -> Finding:
 
 
 def findings(d: Diagnosis) -> list[Finding]:
+    """Every finding of notebook 04, in :data:`FINDING_IDS` order."""
     return [saturation_finding(d), negatives_finding(d), worker_finding(d), roc_function_finding(d), logged_finding(d),
             collapse_finding(d), logits_finding(d), paired_finding(d)]
 
@@ -650,6 +636,7 @@ def wide_values(d: Diagnosis) -> pd.DataFrame:
 
 
 def metrics(d: Diagnosis) -> dict:
+    """The headline numbers of summary.json."""
     last = d.epochs[-1]
     m = {"n_positives": d.n_pos, "n_negatives": d.n_neg, "epochs": len(d.epochs), "score_dtype": d.score_dtype,
          "saturation_logit": d.saturation.get(d.score_dtype) if d.score_dtype else None,
@@ -664,6 +651,3 @@ def metrics(d: Diagnosis) -> dict:
         m["mean_multiplicity"] = d.loader["mean_multiplicity"]
     return m
 
-
-def headline_metrics(d: Diagnosis) -> dict:
-    return metrics(d)

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from helpers.io import parse_metric_key
+from helpers.history import parse_metric_key
 from helpers.roc_collapse import low_fpr as lf
 from helpers.roc_collapse.diagnosis import Diagnosis
 
