@@ -1,15 +1,18 @@
-"""Notebook 01's findings on simulated runs that are not the sample run."""
+"""Notebook 01's findings on simulated runs that are not the sample run, driven through its face."""
 
 import json
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from face import defaults, pipeline
 from sklearn.metrics import r2_score
 
 from helpers.io import InputError
-from helpers.r2_gap import diagnosis as g
+from helpers.r2_gap import diagnosis as dx
 from helpers.r2_gap.simulate import R2GapConfig, simulate
 
 REPORTED_IDS = ("unsynced_rank_metrics", "rank_averaged_metrics", "batch_averaged_r2", "explained_variance_as_r2",
@@ -18,37 +21,57 @@ CLEAN = R2GapConfig(seed=7, sessions=("s1", "s2", "s3", "s4"), samples_per_sessi
                     batch_size=10, rank0_only=False, batch_mean=False, explained_variance=False, keep_padding=False)
 
 
-def statuses(table, reported):
-    d = g.diagnose(table, reported, n_boot=200)
-    return {f.id: f.status for f in g.findings(d)}, d
+def diagnosed(tmp_path: Path, table: pd.DataFrame, reported, **params):
+    """Write the run's files (``reported``: a dict, the JSON text, or empty for none) and drive the
+    notebook's pipeline on them; returns the face's result."""
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    table.to_parquet(d / "predictions.parquet", index=False)
+    if reported:
+        (d / "reported.json").write_text(reported if isinstance(reported, str) else json.dumps(reported))
+    return pipeline(dx, predictions=str(d / "predictions.parquet"),
+                    reported=str(d / "reported.json") if reported else "", output_dir=str(d / "out"),
+                    **{"n_bootstrap": 200, **params})
+
+
+def statuses(tmp_path, table, reported):
+    r = diagnosed(tmp_path, table, reported)
+    return {k: f.status for k, f in r.found.items()}, r.diagnosis
 
 
 def detected(st):
     return {k for k, v in st.items() if v == "detected"}
 
 
-def test_sample_like_run_with_other_sizes_detects_every_planted_bug():
+def test_the_face():
+    assert dx.NOTEBOOK == "01_r2_gap"
+    assert set(dx.PARAMETER_TYPES) == set(defaults(dx.NOTEBOOK))
+    assert all(isinstance(defaults(dx.NOTEBOOK)[k], t) for k, t in dx.PARAMETER_TYPES.items())
+    assert set(REPORTED_IDS) < set(dx.FINDING_IDS) and len(dx.FINDING_IDS) == len(set(dx.FINDING_IDS)) == 8
+    assert not hasattr(dx, "headline_metrics") and not hasattr(dx, "check_parameters")
+
+
+def test_sample_like_run_with_other_sizes_detects_every_planted_bug(tmp_path):
     cfg = R2GapConfig(seed=3, sessions=tuple(range(6)), samples_per_session=45, n_channels=2, world_size=4,
                       batch_size=12)  # 270 samples on 4 ranks: padded to 272
     table, reported = simulate(cfg)
-    st, d = statuses(table, reported)
+    st, d = statuses(tmp_path, table, reported)
     assert {"unsynced_rank_metrics", "batch_averaged_r2", "explained_variance_as_r2",
             "sampler_padding_duplicates"} <= detected(st)
     assert d.padding["n_duplicate_rows"] == 2 * 2
     assert st["reported_unexplained"] == "not_detected"
 
 
-def test_clean_run_detects_no_bug():
+def test_clean_run_detects_no_bug(tmp_path):
     table, reported = simulate(replace(CLEAN, session_shift=0.0))
-    st, _ = statuses(table, reported)
+    st, _ = statuses(tmp_path, table, reported)
     assert detected(st) == set(), st
 
 
-def test_clean_run_with_session_offsets_detects_only_the_real_gap():
+def test_clean_run_with_session_offsets_detects_only_the_real_gap(tmp_path):
     table, reported = simulate(replace(CLEAN, session_shift=1.5))
-    st, d = statuses(table, reported)
+    st, d = statuses(tmp_path, table, reported)
     assert detected(st) == {"between_session_variance"}
-    assert d.sessions["r2_pooled"] - d.sessions["r2_within"] >= g.MIN_SESSION_GAP
+    assert d.sessions["r2_pooled"] - d.sessions["r2_within"] >= dx.MIN_SESSION_GAP
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -57,56 +80,56 @@ def test_clean_run_with_session_offsets_detects_only_the_real_gap():
     (dict(explained_variance=True, prediction_bias=0.8), {"explained_variance_as_r2"}),
     (dict(keep_padding=True), {"sampler_padding_duplicates"}),
 ])
-def test_each_bug_alone_is_attributed_to_itself(flags, expected):
+def test_each_bug_alone_is_attributed_to_itself(tmp_path, flags, expected):
     # 5 x 50 = 250 samples on 4 ranks: padded to 252
     table, reported = simulate(replace(CLEAN, session_shift=0.0, sessions=("a", "b", "c", "d", "e"), **flags))
-    st, _ = statuses(table, reported)
+    st, _ = statuses(tmp_path, table, reported)
     assert detected(st) == expected, st
 
 
-def test_mean_over_ranks_is_the_source_fix1():
+def test_mean_over_ranks_is_the_source_fix1(tmp_path):
     table, _ = simulate(replace(CLEAN, session_shift=0.0))
     per_rank = [r2_score(t.y_true, t.y_pred) for _, t in table.groupby("rank")]
-    st, d = statuses(table, {"r2": str(np.mean(per_rank))})
+    st, d = statuses(tmp_path, table, f'{{"r2": {np.mean(per_rank)!s}}}')
     assert detected(st) == {"rank_averaged_metrics"}
     assert d.reconciliation["scope"].iloc[0] == "mean over ranks"
 
 
-def test_squared_correlation_logged_as_r2():
+def test_squared_correlation_logged_as_r2(tmp_path):
     table, _ = simulate(replace(CLEAN, session_shift=0.0, prediction_bias=0.5))
     r = np.corrcoef(table.y_true, table.y_pred)[0, 1]
-    st, _ = statuses(table, {"r2": f"{r * r:.4f}"})
+    st, _ = statuses(tmp_path, table, f'{{"r2": {r * r:.4f}}}')
     assert "squared_correlation_as_r2" in detected(st)
 
 
-def test_numbers_from_elsewhere_are_unexplained():
+def test_numbers_from_elsewhere_are_unexplained(tmp_path):
     table, _ = simulate(replace(CLEAN, session_shift=0.0))
-    st, _ = statuses(table, {"r2": "0.9876", "corr": "0.1234"})
+    st, _ = statuses(tmp_path, table, '{"r2": 0.9876, "corr": 0.1234}')
     assert detected(st) == {"reported_unexplained"}
 
 
-def test_minimal_table_without_optional_columns_or_reported():
+def test_minimal_table_without_optional_columns_or_reported(tmp_path):
     table, _ = simulate(CLEAN)
     minimal = table[table.channel == 0][["y_true", "y_pred"]]
-    st, d = statuses(minimal, {})
+    st, d = statuses(tmp_path, minimal, {})
     assert all(st[k] == "not_applicable" for k in (*REPORTED_IDS, "sampler_padding_duplicates", "between_session_variance"))
     assert d.headline["r2"] == pytest.approx(r2_score(minimal.y_true, minimal.y_pred), abs=1e-12)
 
 
-def test_reported_but_missing_columns_are_not_applicable():
+def test_reported_but_missing_columns_are_not_applicable(tmp_path):
     table, reported = simulate(R2GapConfig(seed=5))
-    st, _ = statuses(table.drop(columns=["rank", "batch"]), reported)
+    st, _ = statuses(tmp_path, table.drop(columns=["rank", "batch"]), reported)
     assert st["unsynced_rank_metrics"] == st["batch_averaged_r2"] == "not_applicable"
     assert st["explained_variance_as_r2"] in ("detected", "not_detected")
 
 
-def test_single_session_and_tiny_sessions():
+def test_single_session_and_tiny_sessions(tmp_path):
     table, _ = simulate(replace(CLEAN, sessions=("only",)))
-    st, _ = statuses(table, {})
+    st, _ = statuses(tmp_path, table, {})
     assert st["between_session_variance"] == "not_detected"
     t2 = table.copy()
     t2.loc[t2.index[:3], "session"] = "tiny"  # a session of one sample (three channel rows)
-    st, d = statuses(t2, {})
+    st, d = statuses(tmp_path, t2, {})
     assert "tiny" in set(d.per_session["session"])
 
 
@@ -125,12 +148,12 @@ def write_reported(tmp_path, obj):
 ])
 def test_load_reported_rejects(tmp_path, obj, problem):
     with pytest.raises(InputError) as e:
-        g.load_reported("reported", write_reported(tmp_path, obj), ["s1", "s2"])
+        dx.load_reported("reported", write_reported(tmp_path, obj), ["s1", "s2"])
     assert problem in str(e.value) and str(tmp_path) in str(e.value) and str(e.value).startswith("reported: ")
 
 
 def test_load_reported_keeps_printed_precision(tmp_path):
-    rep = g.load_reported("reported", write_reported(tmp_path, '{"r2": 0.4790, "per_session": {"1": {"corr": 0.6}}}'), [1, 2])
+    rep = dx.load_reported("reported", write_reported(tmp_path, '{"r2": 0.4790, "per_session": {"1": {"corr": 0.6}}}'), [1, 2])
     assert rep == {"r2": "0.4790", "per_session": {"1": {"corr": "0.6"}}}
 
 
@@ -138,55 +161,58 @@ def test_load_inputs_rejects_bad_parameters():
     base = dict(predictions="data_samples/01_r2_gap/predictions.parquet", reported="", multioutput="flat",
                 tolerance=1e-4, n_bootstrap=200, lab_world_size=4, output_dir="", run_demos=False, seed=0)
     with pytest.raises(InputError, match="multioutput: must be one of"):
-        g.load_inputs({**base, "multioutput": "mean"})
+        dx.load_inputs({**base, "multioutput": "mean"})
     with pytest.raises(InputError, match="lab_world_size: must be in"):
-        g.load_inputs({**base, "lab_world_size": 1})
-    p, table, rep = g.load_inputs(base)
-    assert rep == {} and len(table) == 1696
+        dx.load_inputs({**base, "lab_world_size": 1})
+    p, run = dx.load_inputs(base)
+    assert run.reported == {} and len(run.table) == 1696
+    assert list(run.inputs) == ["predictions"]  # reported = "": nothing else is read
 
 
 def test_repeated_samples():
     table, _ = simulate(R2GapConfig())
-    rep = g.repeated_samples(table)
+    rep = dx.repeated_samples(table)
     assert rep["sample_id"].tolist() == [0, 1, 2, 3] and rep["times"].eq(2).all()
     assert rep["ranks"].tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
-    assert g.repeated_samples(pd.DataFrame({"y_true": [1.0]})).empty
+    assert dx.repeated_samples(pd.DataFrame({"y_true": [1.0]})).empty
 
 
-def test_float_session_ids_match_their_json_keys():
+def test_float_session_ids_match_their_json_keys(tmp_path):
     table, reported = simulate(R2GapConfig(seed=4))
-    st_int, _ = statuses(table, reported)
-    st_float, d = statuses(table.assign(session=table["session"].astype(float)), reported)
+    st_int, _ = statuses(tmp_path, table, reported)
+    st_float, d = statuses(tmp_path, table.assign(session=table["session"].astype(float)), reported)
     assert st_int == st_float and d.reconciliation["explained"].all()
 
 
 def test_per_session_numbers_without_session_column_warn(tmp_path):
     path = write_reported(tmp_path, {"r2": 0.3, "per_session": {"a": {"r2": 0.1}}})
     with pytest.warns(UserWarning, match="per_session numbers are ignored"):
-        assert g.load_reported("reported", path, None) == {"r2": "0.3"}
+        assert dx.load_reported("reported", path, None) == {"r2": "0.3"}
 
 
-def test_padding_ranks_do_not_depend_on_row_order():
+def test_padding_ranks_do_not_depend_on_row_order(tmp_path):
     table, reported = simulate(R2GapConfig(seed=6, world_size=6, samples_per_session=61, sessions=(1, 2, 3, 4)))
-    _, d = statuses(table, reported)
-    _, shuffled = statuses(table.sample(frac=1, random_state=0), reported)
+    _, d = statuses(tmp_path, table, reported)
+    _, shuffled = statuses(tmp_path, table.sample(frac=1, random_state=0), reported)
     # 244 samples on 6 ranks: samples 0 and 1 are padded onto ranks 4 and 5
     assert d.padding["ranks_with_repeated_samples"] == shuffled.padding["ranks_with_repeated_samples"] == [0, 1, 4, 5]
     assert d.padding["r2_without_duplicates"] == pytest.approx(shuffled.padding["r2_without_duplicates"], abs=1e-12)
 
 
-def test_gap_account_splits_the_sample_gap():
+def test_gap_account_splits_the_sample_gap(tmp_path):
     table, reported = simulate(R2GapConfig())
-    d = g.diagnose(table, reported, n_boot=100)
-    gaps = g.gap_account(d).set_index("quantity")["R²"]
+    r = diagnosed(tmp_path, table, reported, n_bootstrap=100)
+    d = r.diagnosis
+    gaps = dx.gap_account(d).set_index("quantity")["R²"]
     pooled = r2_score(table.drop_duplicates(["sample_id", "channel"]).y_true,
                       table.drop_duplicates(["sample_id", "channel"]).y_pred)
     assert gaps["pooled R², computed correctly"] == pytest.approx(pooled, abs=1e-12)
     assert gaps["gap from the computation (logged - pooled)"] == pytest.approx(0.487 - pooled, abs=1e-12)
     real = gaps["gap from between-session variance (pooled - within)"]
-    assert real == pytest.approx(pooled - d.sessions["r2_within"], abs=1e-12) and real > g.MIN_SESSION_GAP
-    m = g.headline_metrics(d)
+    assert real == pytest.approx(pooled - d.sessions["r2_within"], abs=1e-12) and real > dx.MIN_SESSION_GAP
+    m = r.summary.metrics
+    assert m == dx.metrics(d)
     assert m["gap_from_computation"] == pytest.approx(0.487 - pooled) and m["gap_from_between_sessions"] == pytest.approx(real)
     # without a logged number or sessions, only what can be computed is listed
-    bare = g.gap_account(g.diagnose(table[["y_true", "y_pred"]], {}))
+    bare = dx.gap_account(diagnosed(tmp_path, table[["y_true", "y_pred"]], {}).diagnosis)
     assert bare["quantity"].tolist() == ["pooled R², computed correctly"]

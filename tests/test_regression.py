@@ -195,7 +195,7 @@ def test_threaded_run_sums_equal_single_pass():
     n = 2_100_000  # above the threshold where runs are split across cores
     y, p = rng.normal(size=n), rng.normal(size=n)
     starts = np.concatenate([[0], np.sort(rng.choice(np.arange(1, n), 5000, replace=False))])
-    threaded = reg._run_sums(y, p, 0.1, starts)
+    threaded = reg.suff_stats(y, p, center=0.1, starts=starts)  # splits the runs across threads
     single = reg.suff_stats_of_runs(y, p, 0.1, starts)
     np.testing.assert_allclose(threaded.to_numpy(), single.to_numpy(), rtol=1e-12, atol=1e-9)
     assert len(threaded) == len(starts) and threaded["n"].sum() == n

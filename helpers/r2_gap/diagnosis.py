@@ -2,6 +2,10 @@
 
 The statistics live in :mod:`helpers.r2_gap.regression`; this module turns a run's
 files into those measurements and the findings (docs/01_r2_gap.md).
+
+The face every notebook's diagnosis shares: ``load_inputs(params) -> (params, R2Run)``,
+``describe_inputs(run)``, ``diagnose(run, params)``, ``findings(diagnosis)`` and
+``metrics(diagnosis)``.
 """
 
 from __future__ import annotations
@@ -16,11 +20,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers.findings import Finding, not_applicable
+from helpers.findings import Finding, input_files, not_applicable
+from helpers.findings import describe_inputs as describe_files
 from helpers.io import InputError, load_json, load_table, resolve_path
+from helpers.params import check_not_mixed, check_range, check_types
 from helpers.r2_gap import regression as reg
 
 NOTEBOOK = "01_r2_gap"
+PARAMETER_TYPES = {
+    "predictions": str, "reported": str, "multioutput": str, "tolerance": float, "n_bootstrap": int,
+    "lab_world_size": int, "output_dir": str, "run_demos": bool, "seed": int,
+}
+MULTIOUTPUTS = ("flat", "uniform", "variance_weighted")
+FINDING_IDS = ("unsynced_rank_metrics", "rank_averaged_metrics", "batch_averaged_r2", "explained_variance_as_r2",
+               "squared_correlation_as_r2", "sampler_padding_duplicates", "between_session_variance",
+               "reported_unexplained")
 REQUIRED = {"y_true": "float", "y_pred": "float"}
 OPTIONAL = {"session": "key", "batch": "int", "rank": "int", "sample_id": "key", "channel": "key"}
 # between_session_variance: pooled R² must exceed within-session R² by this much,
@@ -91,11 +105,49 @@ def load_reported(param: str, path: str | Path, sessions: list | None) -> dict:
 
 
 @dataclass
+class R2Run:
+    """A run's evaluation as notebook 01 reads it.
+
+    ``table``: the predictions, schema-checked; ``reported``: the logged numbers as printed
+    (``{}`` when none were given); ``inputs``: the files read, for the banner.
+    """
+
+    table: pd.DataFrame
+    reported: dict
+    inputs: dict
+
+
+def load_inputs(params: Mapping) -> tuple[dict, R2Run]:
+    """Check the notebook's parameters and load its files: (parameters, run).
+
+    Raises :class:`~helpers.io.InputError` (one line: parameter, file, problem) on any mistake.
+    """
+    p = check_types(params, PARAMETER_TYPES)
+    if p["multioutput"] not in MULTIOUTPUTS:
+        raise InputError("multioutput", f"must be one of {', '.join(MULTIOUTPUTS)}, got {p['multioutput']!r}")
+    check_range("tolerance", p["tolerance"], 0.0, 0.5)
+    check_range("n_bootstrap", p["n_bootstrap"], 50, 1_000_000)
+    check_range("lab_world_size", p["lab_world_size"], 2, 16)
+    table = load_predictions("predictions", p["predictions"])
+    sessions = sorted(table["session"].unique().tolist(), key=str) if "session" in table.columns else None
+    reported = load_reported("reported", p["reported"], sessions) if p["reported"].strip() else {}
+    check_not_mixed(p, ["predictions", "reported"])
+    return p, R2Run(table, reported, input_files({k: p[k] for k in ("predictions", "reported")}))
+
+
+def describe_inputs(run: R2Run) -> str:
+    """Which files were read, and what they hold."""
+    t = run.table
+    return describe_files(run.inputs, details=[f"{len(t)} prediction rows, columns: {', '.join(t.columns)}",
+                                               f"logged numbers: {run.reported or 'none'}"])
+
+
+@dataclass
 class Diagnosis:
     """Everything notebook 01 measures on a run."""
 
     table: pd.DataFrame
-    run: reg.GroupedRun
+    run: reg.GroupedRun  # the predictions' sufficient statistics, grouped
     reported: dict
     candidates: pd.DataFrame
     reconciliation: pd.DataFrame
@@ -113,30 +165,31 @@ class Diagnosis:
         return c[c["correct"] & (c["multioutput"] == "flat")].set_index("metric")["value"]
 
 
-def diagnose(table: pd.DataFrame, reported: Mapping | None = None, tolerance: float = 1e-4,
-             n_boot: int = 1000, seed: int = 0, multioutput: str = "flat") -> Diagnosis:
-    """All measurements of notebook 01; ``multioutput`` is the convention for per-session R²."""
-    run = reg.group_run(table)
-    reported = dict(reported or {})
-    d = Diagnosis(table, run, reported, reg.candidate_table(run),
-                  reg.reconcile(run, reported, tolerance) if reported else pd.DataFrame())
-    if run.has["session"]:
-        d.per_session = reg.per_group_metrics(run, "session", multioutput)
-        d.intervals = reg.bootstrap_r2(table, "session", n_boot=n_boot, seed=seed, multioutput=multioutput,
-                                       progress=len(table) > 1_000_000)
-        d.sessions = reg.variance_decomposition(run, "session", multioutput)
+def diagnose(run: R2Run, params: Mapping) -> Diagnosis:
+    """All measurements of notebook 01 on ``run``, with the settings of ``params`` (as
+    :func:`load_inputs` returns them): ``multioutput`` is the convention for per-session R²,
+    ``tolerance`` the matching floor, ``n_bootstrap`` and ``seed`` seed the per-session intervals."""
+    table, reported, multioutput = run.table, dict(run.reported), params["multioutput"]
+    g = reg.group_run(table)
+    d = Diagnosis(table, g, reported, reg.candidate_table(g),
+                  reg.reconcile(g, reported, params["tolerance"]) if reported else pd.DataFrame())
+    if g.has["session"]:
+        d.per_session = reg.per_group_metrics(g, "session", multioutput)
+        d.intervals = reg.bootstrap_r2(table, "session", n_boot=params["n_bootstrap"], seed=params["seed"],
+                                       multioutput=multioutput, progress=len(table) > 1_000_000)
+        d.sessions = reg.variance_decomposition(g, "session", multioutput)
         d.anova = reg.session_anova(table)
-    if run.has["batch"]:
-        d.batches = reg.variance_decomposition(run, ["rank", "batch"], multioutput)
-    if run.has["sample_id"]:
-        with_dups = reg.candidate_table(reg.GroupedRun(run.stats.assign(dup=0), run.has, run.n_rows, 0, run.center))
+    if g.has["batch"]:
+        d.batches = reg.variance_decomposition(g, ["rank", "batch"], multioutput)
+    if g.has["sample_id"]:
+        with_dups = reg.candidate_table(reg.GroupedRun(g.stats.assign(dup=0), g.has, g.n_rows, 0, g.center))
         pick = lambda c, m: float(c[c["correct"] & (c["metric"] == m) & (c["multioutput"] == "flat")]["value"].iloc[0])  # noqa: E731
         d.padding = {
-            "n_rows": run.n_rows, "n_duplicate_rows": run.n_duplicate_rows,
-            "n_unique_rows": run.n_rows - run.n_duplicate_rows,
+            "n_rows": g.n_rows, "n_duplicate_rows": g.n_duplicate_rows,
+            "n_unique_rows": g.n_rows - g.n_duplicate_rows,
             "r2_with_duplicates": pick(with_dups, "r2"), "r2_without_duplicates": pick(d.candidates, "r2"),
             # which copy is "the repeat" depends on row order; the ranks that hold a repeated sample do not
-            "ranks_with_repeated_samples": _ranks_with_repeats(table) if run.has["rank"] else [],
+            "ranks_with_repeated_samples": _ranks_with_repeats(table) if g.has["rank"] else [],
         }
     return d
 
@@ -172,6 +225,7 @@ def _reported_finding(d: Diagnosis, fid: str, needs: str | None, test, severity:
 
 
 def findings(d: Diagnosis) -> list[Finding]:
+    """Every finding of notebook 01, in :data:`FINDING_IDS` order."""
     out = [
         _reported_finding(d, "unsynced_rank_metrics", "rank", lambda r: r["scope"].startswith("rank "), "critical",
                           "all-reduce sufficient statistics across ranks (or torchmetrics with sync) before computing the metric.",
@@ -272,7 +326,8 @@ def gap_account(d: Diagnosis) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["quantity", "R²", "kind"])
 
 
-def headline_metrics(d: Diagnosis) -> dict:
+def metrics(d: Diagnosis) -> dict:
+    """The headline numbers of summary.json (the lab's are added by the notebook when it runs)."""
     h = d.headline
     m = {"n_rows": d.run.n_rows, "pooled_r2": h.get("r2"), "pooled_explained_variance": h.get("explained_variance"),
          "pooled_pearson_r": h.get("pearson_r")}
@@ -289,34 +344,6 @@ def headline_metrics(d: Diagnosis) -> dict:
     m["gap_from_computation"] = gaps.get("gap from the computation (logged - pooled)")
     m["gap_from_between_sessions"] = gaps.get("gap from between-session variance (pooled - within)")
     return m
-
-
-# --------------------------------------------------------------------------- parameters
-PARAMETER_TYPES = {
-    "predictions": str, "reported": str, "multioutput": str, "tolerance": float, "n_bootstrap": int,
-    "lab_world_size": int, "output_dir": str, "run_demos": bool, "seed": int,
-}
-MULTIOUTPUTS = ("flat", "uniform", "variance_weighted")
-
-
-def load_inputs(params: Mapping) -> tuple[dict, pd.DataFrame, dict]:
-    """Check the notebook's parameters and load its files: (parameters, predictions, reported).
-
-    Raises :class:`~helpers.io.InputError` (one line: parameter, file, problem) on any mistake.
-    """
-    from helpers.params import check_not_mixed, check_range, check_types
-
-    p = check_types(params, PARAMETER_TYPES)
-    if p["multioutput"] not in MULTIOUTPUTS:
-        raise InputError("multioutput", f"must be one of {', '.join(MULTIOUTPUTS)}, got {p['multioutput']!r}")
-    check_range("tolerance", p["tolerance"], 0.0, 0.5)
-    check_range("n_bootstrap", p["n_bootstrap"], 50, 1_000_000)
-    check_range("lab_world_size", p["lab_world_size"], 2, 16)
-    table = load_predictions("predictions", p["predictions"])
-    sessions = sorted(table["session"].unique().tolist(), key=str) if "session" in table.columns else None
-    reported = load_reported("reported", p["reported"], sessions) if p["reported"].strip() else {}
-    check_not_mixed(p, ["predictions", "reported"])
-    return p, table, reported
 
 
 def _ranks_with_repeats(table: pd.DataFrame) -> list:

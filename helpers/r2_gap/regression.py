@@ -1,7 +1,7 @@
 """Regression metrics behind notebook 01: why overall and per-session R² disagree.
 
 Everything is computed from additive sufficient statistics per group of rows
-(:class:`SuffStats`): counts and sums of the centred target ``y'`` and of the
+(:data:`STAT_COLUMNS`): counts and sums of the centred target ``y'`` and of the
 residual ``e = y - p``. Sums add across batches, ranks, sessions and file
 chunks, so one pass over the rows yields every candidate computation a training
 script might have made (pooled, one rank, mean of per-batch values, explained
