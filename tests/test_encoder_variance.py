@@ -1,17 +1,19 @@
-"""Notebook 02: findings on simulated runs that are not the sample, bad inputs, notebook executions."""
+"""Notebook 02 in-process, through the face of its diagnosis module: findings on simulated runs
+that are not the sample, the sample's pipeline, bad inputs (papermill: test_encoder_variance_notebook.py)."""
 
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from face import defaults, pipeline
 
-from helpers.encoder_variance import diagnosis as ev
+from helpers.encoder_variance import diagnosis as dx
 from helpers.encoder_variance import simulate as sim
 from helpers.io import InputError
 from helpers.paths import DATA_SAMPLES, REPO_ROOT
 
-NAME = ev.NOTEBOOK
+NAME = dx.NOTEBOOK
 SEED = 7  # not the sample's seed (0)
 
 
@@ -27,8 +29,9 @@ def new_runs():
 
 
 def statuses(arrays, name="run"):
-    m, found, verdict = ev.diagnose(ev.EncoderRun.from_arrays(arrays, name))
-    return {f.id: f.status for f in found}, verdict, m
+    """Diagnose one encoder's arrays: (finding statuses, decision, the encoder's measurements)."""
+    diag = dx.diagnose(dx.Run(dx.EncoderRun.from_arrays(arrays, name)), {"seed": 0})
+    return {f.id: f.status for f in dx.findings(diag)}, diag.decision, diag.main
 
 
 def scaled(arrays, k=10.0):
@@ -45,7 +48,7 @@ def test_healthy_run_has_nothing_critical(new_runs):
     st, verdict, m = statuses(new_runs["healthy_variational"])
     assert all(v == "not_detected" for v in st.values()), st
     assert verdict["label"] == "healthy"
-    assert ev.STOCHASTIC_SHARE_MIN < m.sampling_share < 0.5
+    assert dx.STOCHASTIC_SHARE_MIN < m.sampling_share < 0.5
 
 
 def test_collapsed_variational_is_deterministic_not_collapsed(new_runs):
@@ -54,7 +57,7 @@ def test_collapsed_variational_is_deterministic_not_collapsed(new_runs):
     assert st["representation_collapse"] == "not_detected"
     assert st["sampling_noise_dominates"] == "not_detected"
     assert verdict["label"] == "collapsed to deterministic"
-    assert m.sampling_share < ev.STOCHASTIC_SHARE_MIN
+    assert m.sampling_share < dx.STOCHASTIC_SHARE_MIN
 
 
 def test_large_kl_weight_is_stochastic_but_not_diverse(new_runs):
@@ -140,7 +143,7 @@ def write_npz(path, **arrays):
 def test_bad_files_fail_with_one_line(tmp_path, arrays, problem):
     path = write_npz(tmp_path / "bad.npz", **arrays)
     with pytest.raises(InputError) as exc:
-        ev.load_embeddings("embeddings", path)
+        dx.load_embeddings("embeddings", path)
     msg = str(exc.value)
     assert msg.startswith("embeddings: ") and "bad.npz" in msg and problem in msg and "\n" not in msg
 
@@ -148,11 +151,28 @@ def test_bad_files_fail_with_one_line(tmp_path, arrays, problem):
 def test_bad_parameters():
     good = {"embeddings": "x.npz", "compare": [], "output_dir": "", "run_demos": True, "seed": 0}
     with pytest.raises(InputError, match="seed: expected an integer"):
-        ev.check_parameters({**good, "seed": "zero"})
+        dx.load_inputs({**good, "seed": "zero"})
     with pytest.raises(InputError, match=r"compare\[1\]: expected a file path"):
-        ev.check_parameters({**good, "compare": ["a.npz", 3]})
+        dx.load_inputs({**good, "compare": ["a.npz", 3]})
     with pytest.raises(InputError, match="embeddings: .*missing.npz: file not found"):
-        ev.load_inputs({**good, "embeddings": "missing.npz"})
+        dx.load_inputs({**good, "embeddings": "missing.npz"})
+
+
+@pytest.mark.parametrize("overrides, where, problem", [
+    ({"embeddings": "no_such_run.npz"}, "no_such_run.npz", "file not found"),
+    ({"embeddings": "no_z.npz"}, "no_z.npz", "missing required array 'z'"),
+    ({"seed": "zero"}, None, "expected an integer"),
+    ({"seed": -1}, None, "seed"),
+])
+def test_bad_inputs_are_refused_by_the_pipeline_with_one_line(tmp_path, elsewhere, overrides, where, problem):
+    np.savez(elsewhere / "no_z.npz", group=np.arange(4))
+    with pytest.raises(InputError) as exc:
+        pipeline(dx, output_dir=str(tmp_path / "out"), **overrides)
+    msg = str(exc.value)
+    assert msg.startswith(f"{next(iter(overrides))}: ") and problem in msg and "\n" not in msg
+    if where is not None:
+        assert where in msg
+    assert not (tmp_path / "out" / "summary.json").exists()
 
 
 def test_simulator_is_deterministic_and_small(tmp_path):
@@ -163,69 +183,78 @@ def test_simulator_is_deterministic_and_small(tmp_path):
     assert total < 3 * 2**20
 
 
-def test_diagnostics_do_not_import_the_simulators():
-    code = "import sys, helpers.encoder_variance.diagnosis, helpers.encoder_variance.representation; print('helpers.encoder_variance.simulate' in sys.modules)"
+def test_diagnostics_do_not_import_the_simulators_or_the_lab():
+    code = ("import sys, helpers.encoder_variance.diagnosis, helpers.encoder_variance.figures, "
+            "helpers.encoder_variance.representation; "
+            "print([m for m in ('helpers.encoder_variance.simulate', 'helpers.encoder_variance.lab') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
-# --------------------------------------------------------------------------- notebook executions
-def execute(parameters, output_dir, cwd=None):
-    from helpers.runner.execute import execute as run_notebook
-
-    return run_notebook(NAME, parameters, output_dir, cwd=cwd)
-
-
-def failure_line(parameters, output_dir, cwd):
-    from notebook_checks import failure_line as one_line
-
-    return one_line(NAME, parameters, output_dir, cwd)
+# --------------------------------------------------------------------------- the pipeline, through the face
+def test_the_face():
+    assert set(dx.PARAMETER_TYPES) == set(defaults(NAME))
+    assert dx.FINDING_IDS == ("representation_collapse", "dimensional_collapse", "sampling_noise_dominates",
+                              "stochasticity_collapsed", "inactive_units")
+    assert not hasattr(dx, "check_parameters") and not hasattr(dx, "headline_metrics")
 
 
-@pytest.mark.notebook
-def test_notebook_on_the_sample(tmp_path, elsewhere):
-    s = execute({}, tmp_path / "out", cwd=elsewhere)
-    f = s["findings"]
-    assert set(ev.FINDING_IDS) <= set(f)
-    assert f["stochasticity_collapsed"]["status"] == "detected"
-    assert {f[k]["status"] for k in ("representation_collapse", "sampling_noise_dominates",
-                                     "dimensional_collapse", "inactive_units")} == {"not_detected"}
-    assert s["metrics"]["decision"] == "collapsed to deterministic"
-    assert s["metrics"]["sampling_share"] < ev.STOCHASTIC_SHARE_MIN < 0.5 < s["metrics"]["between_share"]
-    sweep = {round(r["kl_weight"], 6): r["decision"] for r in s["metrics"]["lab_kl_sweep"]}
-    assert sweep[1e-4] == "collapsed to deterministic" and sweep[1.0] == "stochastic but not diverse"
-    lab = s["metrics"]["lab_repeat_pass_variance"]
-    assert lab["eval"]["variational, KL 1e-3"] == 0.0 < lab["eval+sample"]["variational, KL 1e-3"]
-    assert (tmp_path / "out" / "figures" / "kl_sweep.png").exists()
+def test_pipeline_on_the_sample(tmp_path, elsewhere):
+    r = pipeline(dx, output_dir=str(tmp_path / "out"))
+    f, m = r.found, r.summary.metrics
+    assert f["stochasticity_collapsed"].status == "detected"
+    assert {f[k].status for k in ("representation_collapse", "sampling_noise_dominates",
+                                  "dimensional_collapse", "inactive_units")} == {"not_detected"}
+    assert m["decision"] == "collapsed to deterministic" == r.diagnosis.decision["label"]
+    assert m["decision_reason"] == r.diagnosis.decision["reason"]
+    assert m["sampling_share"] < dx.STOCHASTIC_SHARE_MIN < 0.5 < m["between_share"]
+    # raw centroids share an offset; centring removes it
+    assert -1 <= m["centroid_cosine_median_centred"] < m["centroid_cosine_median_raw"] <= 1
+    assert (tmp_path / "out" / "summary.json").exists()
+    # every encoder is measured, the main one first; the banner names the files and what they hold
+    assert list(r.diagnosis.measured) == ["collapsed_variational", "deterministic", "healthy_variational"]
+    assert list(r.run.encoders) == list(r.diagnosis.measured) and r.diagnosis.main is r.diagnosis.measured[r.run.main.name]
+    assert set(r.run.inputs) == {"embeddings", "compare[0]", "compare[1]"}
+    lines = r.banner.splitlines()
+    assert "BUNDLED SAMPLE RUN" in lines[0]
+    assert any(line.strip().startswith("deterministic: z (384, 32), 64 puzzles, z_samples None") for line in lines)
+    comparison = dx.compare_runs(r.diagnosis.measured)
+    assert comparison.loc["collapsed_variational", "decision"] == "collapsed to deterministic"
+    assert comparison.loc["healthy_variational", "decision"] == "healthy"
 
 
-@pytest.mark.notebook
-def test_notebook_on_new_runs(tmp_path, elsewhere, new_runs):
+def test_pipeline_is_deterministic(tmp_path):
+    a = pipeline(dx, output_dir=str(tmp_path / "a")).summary.to_dict()
+    b = pipeline(dx, output_dir=str(tmp_path / "b")).summary.to_dict()
+    a["parameters"].pop("output_dir"), b["parameters"].pop("output_dir")
+    assert a == b
+
+
+def test_pipeline_on_new_runs(tmp_path, elsewhere, new_runs):
     healthy = write_npz(tmp_path / "healthy.npz", **new_runs["healthy_variational"])
-    s = execute({"embeddings": healthy, "compare": [], "run_demos": False}, tmp_path / "o1", cwd=elsewhere)
-    assert {v["status"] for v in s["findings"].values()} == {"not_detected"}
-    assert s["metrics"]["decision"] == "healthy"
+    r = pipeline(dx, embeddings=healthy, compare=[], output_dir=str(tmp_path / "o1"))
+    assert {f.status for f in r.found.values()} == {"not_detected"}
+    assert r.summary.metrics["decision"] == "healthy"
+    assert "BUNDLED" not in r.banner and list(r.run.others) == []
 
     z = new_runs["kl_1"]["z"]
     tokens = write_npz(tmp_path / "tokens.npz", z=z.reshape(len(z), 4, 8),
                        group=np.array([f"puzzle {g}" for g in new_runs["kl_1"]["group"]]))
-    s = execute({"embeddings": tokens, "compare": [healthy], "run_demos": False}, tmp_path / "o2", cwd=elsewhere)
-    f = s["findings"]
-    assert f["sampling_noise_dominates"]["status"] == f["stochasticity_collapsed"]["status"] == "not_applicable"
-    assert "neither 'z_samples' nor 'logvar'" in f["stochasticity_collapsed"]["message"]
-    # the KL=1 means alone: tiny but still ordered by puzzle, squeezed into a few directions;
-    # without the posterior variance, units can only be compared with each other
-    assert f["dimensional_collapse"]["status"] == "detected"
-    assert f["inactive_units"]["status"] == "not_detected" and "average unit" in f["inactive_units"]["message"]
-    assert s["metrics"]["units"] == 32 and "sampling not measured" in s["metrics"]["decision_reason"]
+    r = pipeline(dx, embeddings=tokens, compare=f"[{healthy}]", output_dir=str(tmp_path / "o2"))
+    f = r.found
+    assert f["sampling_noise_dominates"].status == f["stochasticity_collapsed"].status == "not_applicable"
+    assert "neither 'z_samples' nor 'logvar'" in f["stochasticity_collapsed"].message
+    assert f["dimensional_collapse"].status == "detected"
+    assert f["inactive_units"].status == "not_detected" and "average unit" in f["inactive_units"].message
+    assert r.summary.metrics["units"] == 32 and "sampling not measured" in r.summary.metrics["decision_reason"]
+    assert list(r.diagnosis.measured) == ["tokens", "healthy"]
 
 
-@pytest.mark.notebook
-def test_notebook_bad_inputs(tmp_path, elsewhere):
-    line = failure_line({"embeddings": "no_such_run.npz", "run_demos": False}, tmp_path / "o1", elsewhere)
-    assert "embeddings" in line and "no_such_run.npz" in line and "file not found" in line
-    no_z = write_npz(tmp_path / "no_z.npz", group=np.arange(4))
-    line = failure_line({"embeddings": no_z, "run_demos": False}, tmp_path / "o2", elsewhere)
-    assert "embeddings" in line and "no_z.npz" in line and "missing required array 'z'" in line
-    line = failure_line({"seed": "zero", "run_demos": False}, tmp_path / "o3", elsewhere)
-    assert line.startswith("InputError: seed: expected an integer")
+def test_compared_files_of_the_same_name_are_kept_apart(tmp_path, new_runs):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        write_npz(tmp_path / d / "run.npz", **new_runs["deterministic"])
+    params, run = dx.load_inputs({**defaults(NAME), "embeddings": str(tmp_path / "a" / "run.npz"),
+                                  "compare": [str(tmp_path / "b" / "run.npz"), str(tmp_path / "a" / "run.npz")]})
+    assert list(run.encoders) == ["run", "run[0]", "run[1]"]
+    assert params["compare"] == [str(tmp_path / "b" / "run.npz"), str(tmp_path / "a" / "run.npz")]

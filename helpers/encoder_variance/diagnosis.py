@@ -12,7 +12,8 @@ evidence only. The thresholds are the module constants below, each with its reas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from helpers.encoder_variance import representation as rep
-from helpers.findings import Finding, not_applicable
+from helpers.findings import Finding, input_files, not_applicable
+from helpers.findings import describe_inputs as describe_files
 from helpers.io import InputError, check_shape, load_arrays, resolve_path
 from helpers.params import check_not_mixed, check_range, check_types
 
@@ -150,8 +152,22 @@ def load_embeddings(param: str, value: str | Path, name: str | None = None) -> E
     return EncoderRun.from_arrays(arrays, name or path.stem, param, path)
 
 
-def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
-    """Types and ranges of the notebook parameters (files are checked by :func:`load_inputs`)."""
+@dataclass
+class Run:
+    """What one execution diagnoses: the ``main`` encoder (``embeddings``), the encoders it is
+    compared with (``compare``, keyed by file stem) and the files read (``inputs``)."""
+
+    main: EncoderRun
+    others: dict[str, EncoderRun] = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+
+    @property
+    def encoders(self) -> dict[str, EncoderRun]:
+        """Every encoder by name, the main one first."""
+        return {self.main.name: self.main, **self.others}
+
+
+def _check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
     p = check_types(params, PARAMETER_TYPES)
     check_range("seed", p["seed"], 0, None)
     for i, item in enumerate(p["compare"]):
@@ -160,16 +176,25 @@ def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
     return p
 
 
-def load_inputs(params: dict[str, Any]) -> tuple[EncoderRun, dict[str, EncoderRun]]:
-    """The run to diagnose and the runs to compare it with (keyed by file stem)."""
-    p = check_parameters(params)
-    run = load_embeddings("embeddings", p["embeddings"])
+def load_inputs(params: Mapping[str, Any]) -> tuple[dict[str, Any], Run]:
+    """Check the parameters, then read and validate the run to diagnose and the runs to compare
+    it with; any problem is one :class:`InputError`. Returns (parameters, run)."""
+    p = _check_parameters(params)
+    main = load_embeddings("embeddings", p["embeddings"])
     check_not_mixed(p, ["embeddings", "compare"])
     others = {}
     for i, item in enumerate(p["compare"]):
         other = load_embeddings(f"compare[{i}]", item)
-        others[other.name if other.name not in others and other.name != run.name else f"{other.name}[{i}]"] = other
-    return run, others
+        others[other.name if other.name not in others and other.name != main.name else f"{other.name}[{i}]"] = other
+    return p, Run(main, others, input_files({"embeddings": p["embeddings"], "compare": p["compare"]}))
+
+
+def describe_inputs(run: Run) -> str:
+    """The files read, and the arrays found in each."""
+    details = [f"{name}: z {r.z.shape}, {len(np.unique(r.group.astype(str)))} puzzles, "
+               f"z_samples {None if r.z_samples is None else r.z_samples.shape}, "
+               f"logvar {None if r.logvar is None else r.logvar.shape}" for name, r in run.encoders.items()]
+    return describe_files(run.inputs, details=details)
 
 
 # --------------------------------------------------------------------------- measurements
@@ -317,15 +342,21 @@ def inactive_units(m: Measurements) -> Finding:
                    f"{a.n_units - a.n_active} carry no information about the input.", ev)
 
 
-def findings(m: Measurements) -> list[Finding]:
+def findings_of(m: Measurements) -> list[Finding]:
+    """The findings of one encoder's measurements, in FINDING_IDS order."""
     return [representation_collapse(m), dimensional_collapse(m), sampling_noise_dominates(m),
             stochasticity_collapsed(m), inactive_units(m)]
+
+
+def findings(diagnosis: Diagnosis) -> list[Finding]:
+    """The findings of the main encoder, in FINDING_IDS order."""
+    return findings_of(diagnosis.main)
 
 
 def decision(m: Measurements, found: list[Finding] | None = None) -> dict[str, Any]:
     """The source's decision tree with the right estimators: which of collapsed to deterministic,
     stochastic but not diverse, not diverse (deterministic encoder), healthy."""
-    f = {x.id: x for x in (found if found is not None else findings(m))}
+    f = {x.id: x for x in (found if found is not None else findings_of(m))}
     d = m.decomposition
     numbers = {"between_share": d.between_share, "icc": d.icc, "sampling_share": m.sampling_share,
                "sampling_over_between": m.sampling_over_between, "effective_rank": m.effective_rank}
@@ -354,8 +385,9 @@ def decision(m: Measurements, found: list[Finding] | None = None) -> dict[str, A
 
 
 # --------------------------------------------------------------------------- tables
-def metrics(m: Measurements) -> dict[str, Any]:
-    """Headline numbers for summary.json."""
+def metrics(diagnosis: Diagnosis) -> dict[str, Any]:
+    """Headline numbers for summary.json: the main encoder's, its decision, its centroid cosines."""
+    m = diagnosis.main
     d = m.decomposition
     out = {
         "n": d.n, "n_groups": d.n_groups, "n_singletons": d.n_singletons, "units": d.n_dims,
@@ -370,6 +402,10 @@ def metrics(m: Measurements) -> dict[str, Any]:
     }
     if m.kl_per_dim is not None:
         out["kl_total_nats"] = float(m.kl_per_dim.sum())
+    out["decision"] = diagnosis.decision["label"]
+    out["decision_reason"] = diagnosis.decision["reason"]
+    out["centroid_cosine_median_raw"] = float(np.median(diagnosis.centroid_cosines_raw))
+    out["centroid_cosine_median_centred"] = float(np.median(diagnosis.centroid_cosines_centred))
     return out
 
 
@@ -411,7 +447,25 @@ def compare_runs(runs: dict[str, EncoderRun | Measurements]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("encoder")
 
 
-def diagnose(run: EncoderRun) -> tuple[Measurements, list[Finding], dict[str, Any]]:
-    m = measure(run)
-    found = findings(m)
-    return m, found, decision(m, found)
+# --------------------------------------------------------------------------- diagnosis
+@dataclass
+class Diagnosis:
+    """The measurements of every encoder (``measured``, the main one first), the main encoder's
+    decision and the cosines between its puzzle centroids (raw and centred)."""
+
+    main: Measurements
+    measured: dict[str, Measurements]
+    decision: dict[str, Any]
+    centroid_cosines_raw: np.ndarray
+    centroid_cosines_centred: np.ndarray
+
+
+def diagnose(run: Run, params: Mapping[str, Any]) -> Diagnosis:
+    """Measure every encoder of ``run``; decide on the main one (``params["seed"]`` picks the
+    centroids compared when there are too many puzzles)."""
+    measured = {name: measure(r) for name, r in run.encoders.items()}
+    main = measured[run.main.name]
+    z, group, seed = run.main.z, run.main.group, params["seed"]
+    return Diagnosis(main, measured, decision(main, findings_of(main)),
+                     rep.centroid_cosines(z, group, center=False, seed=seed),
+                     rep.centroid_cosines(z, group, center=True, seed=seed))

@@ -19,8 +19,6 @@ Everything is seeded and single-threaded, so the files are identical each run.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from helpers.io import save_npz
 from helpers.training import FastAdam, deterministic_torch
 
 NOTEBOOK = "02_encoder_variance"
@@ -203,18 +202,6 @@ def simulate(name: str, cfg: EncoderConfig = EncoderConfig()) -> dict[str, np.nd
     enc, _ = train_encoder(kl_weight, variational, cfg)
     demos, group = evaluation_set(cfg)
     return {**embed(enc, demos, cfg.n_passes, seed=cfg.seed + 3), "group": group}
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """np.savez without timestamps: the same arrays give the same bytes."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key, value in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
-    return path
 
 
 def write(out_dir: Path, cfg: EncoderConfig = EncoderConfig(), names=tuple(ENCODERS)) -> list[Path]:
