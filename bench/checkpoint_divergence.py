@@ -2,8 +2,8 @@
 
 The run is synthetic and seeded (float32 predictions whose error shrinks over the checkpoints and wanders per
 sample, a training set of 10^5 targets, an experiment, repeated measurements in pairs), and it has no forward
-model, so the rows measure the diagnosis proper (``checkpoint_divergence.diagnose``: standardised per-sample
-errors, noise floor, coverage, both selection checks, bins, ensembles), not the lab. Baseline: one numpy pass
+model, so the rows measure the diagnosis proper (``helpers.checkpoint_divergence.diagnosis.diagnose``:
+standardised per-sample errors, noise floor, coverage, both selection checks, bins, ensembles), not the lab. Baseline: one numpy pass
 computing each checkpoint's validation MSE over the same array. Both are timed in this process, alternating,
 best of ``REPEATS``. Peak memory is the VmHWM of a child process that builds the run and diagnoses it, against
 the size of the prediction array.
@@ -47,10 +47,10 @@ def baseline(run) -> np.ndarray:
 
 
 def ours(run):
-    from helpers.checkpoint_divergence import diagnosis as cd
+    from helpers.checkpoint_divergence import diagnosis as dx
 
-    d = cd.diagnose(run, None, last_k=5, k=5)
-    return cd.findings(d)
+    d = dx.diagnose(run, {"last_k": 5, "k_neighbours": 5, "seed": 0})
+    return dx.findings(d)
 
 
 _CHILD = """

@@ -1,32 +1,61 @@
-"""Notebook 03's diagnosis: findings on runs this repository did not make, both ways in, bad inputs."""
+"""Notebook 03's diagnosis through its face: findings on runs this repository did not make, both ways in,
+made-up runs (what their papermill executions checked), bad inputs."""
+
+import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
+from face import pipeline
 from sklearn.datasets import load_diabetes
 
+from helpers.checkpoint_divergence import checkpoint_files as cf
 from helpers.checkpoint_divergence import checkpoints as ck
-from helpers.checkpoint_divergence import diagnosis as cd
-from helpers.checkpoint_divergence import lab as it
+from helpers.checkpoint_divergence import diagnosis as dx
+from helpers.checkpoint_divergence import lab
 from helpers.io import InputError
 from helpers.paths import DATA_SAMPLES
 
-SAMPLE = DATA_SAMPLES / cd.NOTEBOOK
-BASE = dict(checkpoints=str(SAMPLE / "checkpoints.npz"), forward_model="helpers.checkpoint_divergence.rocking_curve:forward",
+SAMPLE = DATA_SAMPLES / dx.NOTEBOOK
+BASE = dict(checkpoints=str(SAMPLE / "checkpoints.npz"), forward_model=dx.SAMPLE_FORWARD_MODEL,
             checkpoint_files="", model_factory="", validation="", last_k=5, k_neighbours=5, output_dir="",
             run_demos=False, seed=0)
 FILES = dict(BASE, checkpoint_files=str(SAMPLE / "checkpoints" / "*.pt"),
              model_factory="helpers.checkpoint_divergence.lab:make_model", validation=str(SAMPLE / "validation.npz"))
+SETTINGS = dict(last_k=5, k_neighbours=5, seed=0)  # what diagnose reads from the parameters
+SYMPTOM = {"experiment_sparse_coverage": "detected", "experiment_outside_support": "not_detected",
+           "swing_within_noise": "detected", "selection_does_not_generalize": "detected", "ensemble_improves": "detected"}
 
 
 def status(found):
-    return {f.id: f.status for f in found}
+    return {f.id: f.status for f in (found.values() if isinstance(found, dict) else found)}
+
+
+def without_forward(run):
+    return dataclasses.replace(run, forward=None, forward_model="")
 
 
 @pytest.fixture(scope="module")
-def sample():
-    p, run, fwd = cd.load_inputs(BASE)
-    return run, cd.diagnose(run, fwd, 5, 5)
+def sample_result(tmp_path_factory):
+    return pipeline(dx, **dict(BASE, output_dir=str(tmp_path_factory.mktemp("sample"))), write=False)
+
+
+@pytest.fixture(scope="module")
+def sample(sample_result):
+    return sample_result.run, sample_result.diagnosis
+
+
+@pytest.fixture(scope="module")
+def files_result(tmp_path_factory):
+    """The sample run the other way in (its checkpoint files), with relative paths from an unrelated directory."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        return pipeline(dx, checkpoint_files="data_samples/03_checkpoint_divergence/checkpoints/*.pt",
+                        model_factory="helpers.checkpoint_divergence.lab:make_model",
+                        validation="data_samples/03_checkpoint_divergence/validation.npz",
+                        output_dir=str(tmp_path_factory.mktemp("files")))
 
 
 def make_diabetes_run():
@@ -70,18 +99,25 @@ def diabetes_run():
 
 
 # ----------------------------------------------------------------------------- the sample run
-def test_sample_run_shows_the_symptom(sample):
-    run, d = sample
+def test_sample_run_shows_the_symptom(sample_result):
+    run, d = sample_result.run, sample_result.diagnosis
     assert d.ideal != d.ref  # the val-loss-best epoch is not the experiment-best one
     assert run.val_loss[d.ref] < run.val_loss[d.ideal] and d.experiment_err[d.ideal] < d.experiment_err[d.ref]
-    st = status(cd.findings(d))
-    assert st == {"experiment_sparse_coverage": "detected", "experiment_outside_support": "not_detected",
-                  "swing_within_noise": "detected", "selection_does_not_generalize": "detected",
-                  "ensemble_improves": "detected"}
-    assert d.coverage.percentile >= cd.SPARSE_PERCENTILE and not d.coverage.outside_range
+    assert status(sample_result.found) == SYMPTOM
+    assert d.coverage.percentile >= dx.SPARSE_PERCENTILE and not d.coverage.outside_range
     assert d.jacobian_method == "autograd" and d.sensitivity.shape[0] == 7
-    m = cd.headline_metrics(d)
+    m = dx.metrics(d)
     assert m["val_best_epoch"] == d.val_best_epoch and m["experiment_best_epoch"] == d.ideal_epoch
+    assert m["sensitivity_curve_rms_per_sd"] == d.sensitivity["curve_rms_per_sd"].to_dict()
+    assert run.forward is not None and run.forward_model == dx.SAMPLE_FORWARD_MODEL
+
+
+def test_the_banner_says_which_files_were_read(sample_result):
+    banner = sample_result.banner.splitlines()
+    assert "BUNDLED SAMPLE" in banner[0]
+    assert any(line.strip().startswith("checkpoints: ") and "checkpoints.npz" in line for line in banner)
+    assert "30 checkpoints (epochs 1-30)" in sample_result.banner
+    assert sample_result.summary.sample_run and list(sample_result.run.inputs) == ["checkpoints"]
 
 
 def test_sample_run_numbers_match_the_libraries(sample):
@@ -97,43 +133,54 @@ def test_sample_run_numbers_match_the_libraries(sample):
         mean_squared_error(sc.transform(run.target), sc.transform(ens)), rel=1e-5)
 
 
-def test_both_ways_in_give_the_same_diagnosis(sample):
+def test_both_ways_in_give_the_same_diagnosis(sample, files_result):
     run, d = sample
-    p, frun, fwd = cd.load_inputs(FILES)
+    frun, fd = files_result.run, files_result.diagnosis
     assert frun.source == "checkpoint files" and "val_loss" in frun.val_loss_source
     # float32 forward passes differ in the last bits with thread count; compare in target-std units
     scale = run.target.std(0)
     np.testing.assert_allclose(frun.pred / scale, run.pred / scale, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(frun.epoch, run.epoch)
-    fd = cd.diagnose(frun, fwd, 5, 5)
-    assert status(cd.findings(fd)) == status(cd.findings(d))
+    assert status(files_result.found) == status(dx.findings(d)) == SYMPTOM
     swa = [i for i in fd.remedies.index if i.startswith("weight average")]
     assert swa and np.isfinite(fd.remedies.loc[swa[0], "val_error"])
 
 
-def test_weight_average_equals_the_mean_of_the_weights():
-    _, run, _ = cd.load_inputs(FILES)
-    val_p, _, note = cd.weight_average(run)
+def test_the_checkpoint_files_route_summary(files_result):
+    """What the papermill execution of the checkpoint-files route checked, on the same pipeline."""
+    s = files_result.summary.to_dict()
+    assert any(k.startswith("weight average") for k in s["metrics"]["remedies"])
+    assert s["metrics"]["source"] == "checkpoint files"
+    assert s["sample_run"] and s["parameters"]["checkpoints"] == ""  # the npz is not read on this route
+    assert sum(k.startswith("checkpoint_files[") for k in s["inputs"]) == 30 and "validation" in s["inputs"]
+    assert "BUNDLED SAMPLE" in files_result.banner.splitlines()[0] and "(30 files)" in files_result.banner
+    assert sum(k.startswith("checkpoint_files[") for k in files_result.run.inputs) == 30
+
+
+def test_weight_average_equals_the_mean_of_the_weights(files_result):
+    run = files_result.run
+    val_p, _, note = ck.weight_average(run.model, run.tail_states, run.val_x, run.experiment_x)
     assert "AveragedModel" in note
-    model = it.make_model()
+    model = lab.make_model()
     mean_state = {k: torch.stack([s[k].float() for s in run.tail_states]).mean(0) for k in run.tail_states[0]}
     model.load_state_dict(mean_state)
-    np.testing.assert_allclose(val_p, cd.predict(model, run.val_x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(val_p, ck.predict(model, run.val_x), rtol=1e-4, atol=1e-5)
 
 
 def test_without_forward_model_and_without_train_target(sample):
     run, _ = sample
-    d = cd.diagnose(run, None)
+    d = dx.diagnose(without_forward(run), SETTINGS)
     assert d.sensitivity is None and d.correlation is None and d.experiment_curve_err is None
-    assert d.experiment_space == "parameters"
+    assert d.experiment_space == "parameters" and "sensitivity_curve_rms_per_sd" not in dx.metrics(d)
     arrays = {k: getattr(run, k) for k in ("pred", "target", "epoch", "val_loss", "experiment_pred", "experiment_target")}
-    bare = cd.CheckpointRun.from_arrays(arrays)
-    found = {f.id: f for f in cd.findings(cd.diagnose(bare, None))}
+    bare = dx.CheckpointRun.from_arrays(arrays)
+    assert bare.forward is None
+    found = {f.id: f for f in dx.findings(dx.diagnose(bare, SETTINGS))}
     for fid in ("experiment_sparse_coverage", "experiment_outside_support"):
         assert found[fid].status == "not_applicable" and "'train_target'" in found[fid].message
     assert found["swing_within_noise"].status != "not_applicable"
-    no_exp = cd.CheckpointRun.from_arrays({k: arrays[k] for k in ("pred", "target", "epoch", "val_loss")})
-    f2 = {f.id: f for f in cd.findings(cd.diagnose(no_exp, None))}
+    no_exp = dx.CheckpointRun.from_arrays({k: arrays[k] for k in ("pred", "target", "epoch", "val_loss")})
+    f2 = {f.id: f for f in dx.findings(dx.diagnose(no_exp, SETTINGS))}
     assert f2["swing_within_noise"].status == "not_applicable" and "'experiment_pred'" in f2["swing_within_noise"].message
 
 
@@ -142,31 +189,69 @@ def test_experiment_curve_only_is_scored_in_curve_space(sample):
 
     run, _ = sample
     keep = ("pred", "target", "epoch", "val_loss", "experiment_pred", "experiment_curve", "train_target")
-    r = cd.CheckpointRun.from_arrays({k: getattr(run, k) for k in keep})
-    d = cd.diagnose(r, rc.forward)
+    r = dx.CheckpointRun.from_arrays({k: getattr(run, k) for k in keep})
+    d = dx.diagnose(dataclasses.replace(r, forward=rc.forward), SETTINGS)
     assert d.experiment_space == "curve" and d.noise is not None and "median prediction" in d.location_source
-    f = {x.id: x for x in cd.findings(cd.diagnose(r, None))}
+    f = {x.id: x for x in dx.findings(dx.diagnose(r, SETTINGS))}
     assert f["swing_within_noise"].status == "not_applicable" and "forward_model" in f["swing_within_noise"].message
 
 
 # ----------------------------------------------------------------------------- runs not made here
 def test_healthy_real_run_detects_nothing(diabetes_run):
-    d = cd.diagnose(cd.CheckpointRun.from_arrays(diabetes_run), None)
-    st = status(cd.findings(d))
-    assert set(st.values()) == {"not_detected"}, {f.id: f.message for f in cd.findings(d)}
+    d = dx.diagnose(dx.CheckpointRun.from_arrays(diabetes_run), SETTINGS)
+    st = status(dx.findings(d))
+    assert set(st.values()) == {"not_detected"}, {f.id: f.message for f in dx.findings(d)}
 
 
 def test_experiment_outside_the_support(diabetes_run):
     arrays = dict(diabetes_run, experiment_target=diabetes_run["train_target"].max(0) * np.array([2.0, 3.0]))
-    found = {f.id: f for f in cd.findings(cd.diagnose(cd.CheckpointRun.from_arrays(arrays), None))}
+    found = {f.id: f for f in dx.findings(dx.diagnose(dx.CheckpointRun.from_arrays(arrays), SETTINGS))}
     assert found["experiment_outside_support"].status == "detected"
     assert "progression" in found["experiment_outside_support"].message
     assert found["experiment_sparse_coverage"].status == "detected"
 
 
+@pytest.fixture(scope="module")
+def made_up(tmp_path_factory, diabetes_run):
+    """A healthy real run (linear model on scikit-learn's diabetes data), the same with the experiment outside the
+    support, and the same without train_target, as npz files."""
+    d = tmp_path_factory.mktemp("runs")
+    np.savez(d / "healthy.npz", **diabetes_run)
+    np.savez(d / "outside.npz", **dict(diabetes_run, experiment_target=diabetes_run["train_target"].max(0)
+                                       * np.array([2.0, 3.0])))
+    np.savez(d / "no_train.npz", **{k: v for k, v in diabetes_run.items() if k != "train_target"})
+    return d
+
+
+def test_made_up_runs_through_the_face(tmp_path, elsewhere, made_up):
+    """The made-up runs' summaries, as their papermill executions checked them (one of them still runs there)."""
+    base = {"forward_model": ""}
+
+    def summary(name, out):
+        return pipeline(dx, **base, checkpoints=str(made_up / f"{name}.npz"), output_dir=str(tmp_path / out)).summary.to_dict()
+
+    healthy = summary("healthy", "h")
+    assert set(status_of(healthy).values()) == {"not_detected"}
+    assert healthy["sample_run"] is False and healthy["inputs"] == {"checkpoints": str((made_up / "healthy.npz").resolve())}
+    again = summary("healthy", "h2")
+    healthy["parameters"].pop("output_dir"), again["parameters"].pop("output_dir")
+    assert healthy == again  # same inputs, same summary.json
+    outside = summary("outside", "o")
+    assert status_of(outside)["experiment_outside_support"] == "detected"
+    bare = summary("no_train", "n")
+    for fid in ("experiment_sparse_coverage", "experiment_outside_support"):
+        assert bare["findings"][fid]["status"] == "not_applicable" and "'train_target'" in bare["findings"][fid]["message"]
+    json.dumps(bare)
+    assert (tmp_path / "n" / "summary.json").is_file()
+
+
+def status_of(summary: dict) -> dict:
+    return {k: f["status"] for k, f in summary["findings"].items()}
+
+
 def test_lab_module_samples_under_the_constraints():
-    p = it.sample_parameters(5000, np.random.default_rng(0))
-    assert it.satisfies_constraints(p).all() and it.satisfies_constraints(it.EXPERIMENT).all()
+    p = lab.sample_parameters(5000, np.random.default_rng(0))
+    assert lab.satisfies_constraints(p).all() and lab.satisfies_constraints(lab.EXPERIMENT).all()
     # nested uniform draws are not uniform: D01 piles up at low values
     assert np.mean(p[:, 1] < 0.0155) > 0.6
 
@@ -212,13 +297,13 @@ def unseen_model(tmp_path):
 def test_checkpoint_files_of_an_unseen_model(unseen_model):
     params = dict(BASE, forward_model="", checkpoint_files=str(unseen_model / "ckpts" / "*.pt"),
                   model_factory=f"{unseen_model / 'factory.py'}:build", validation=str(unseen_model / "val.npz"), last_k=3)
-    _, run, fwd = cd.load_inputs(params)
+    r = pipeline(dx, **dict(params, output_dir=str(unseen_model / "out")), write=False)
+    run, d = r.run, r.diagnosis
     assert run.epoch.tolist() == [1, 2, 3, 4, 5, 6] and run.pred.shape == (6, 60, 2)
-    assert "standardised" in run.val_loss_source
-    d = cd.diagnose(run, fwd, last_k=3, k=5)
-    found = {f.id: f for f in cd.findings(d)}
-    assert found["experiment_sparse_coverage"].status == "not_applicable"  # no train_target in val.npz
+    assert "standardised" in run.val_loss_source and run.forward is None and d.last_k == 3
+    assert r.found["experiment_sparse_coverage"].status == "not_applicable"  # no train_target in val.npz
     assert any(i.startswith("weight average") for i in d.remedies.index)
+    assert "factory.py" in r.banner and "BUNDLED SAMPLE" not in r.banner
 
 
 class _Evil:
@@ -238,7 +323,7 @@ def test_a_pickled_object_is_refused_never_executed(unseen_model):
     params = dict(BASE, forward_model="", checkpoint_files=str(unseen_model / "ckpts" / "*.pt"),
                   model_factory=f"{unseen_model / 'factory.py'}:build", validation=str(unseen_model / "val.npz"), last_k=3)
     with pytest.raises(InputError) as e:
-        cd.load_inputs(params)
+        dx.load_inputs(params)
     msg = str(e.value)
     assert msg.startswith("checkpoint_files: ") and "evil9.pt" in msg and "pickled" in msg and "\n" not in msg
     assert not os.path.exists(marker)
@@ -258,7 +343,7 @@ def test_bad_inputs_fail_with_one_line(tmp_path, sample):
     nan_t = good["target"].copy()
     nan_t[3, 2] = np.nan
     cases = [
-        (dict(checkpoints="nope.npz"), ["checkpoints: ", "file not found"]),
+        (dict(checkpoints="nope.npz"), ["checkpoints: ", "nope.npz", "file not found"]),
         (dict(checkpoints=_write(tmp_path, "a.npz", **{k: v for k, v in good.items() if k != "pred"})),
          ["missing required array 'pred'"]),
         (dict(checkpoints=_write(tmp_path, "b.npz", **dict(good, target=nan_t))), ["array 'target' has 1 NaN/inf values"]),
@@ -266,6 +351,7 @@ def test_bad_inputs_fail_with_one_line(tmp_path, sample):
          ["array 'target' has shape"]),
         (dict(checkpoints=_write(tmp_path, "d.npz", **dict(good, epoch=np.zeros(30)))), ["repeats an epoch"]),
         (dict(last_k=99), ["last_k: must be at most the number of checkpoints (30)"]),
+        (dict(last_k=0), ["last_k: must be in [2, 1000], got 0"]),
         (dict(last_k="5"), ["last_k: expected an integer"]),
         (dict(forward_model="helpers.checkpoint_divergence.rocking_curve:nothing"), ["forward_model: ", "no callable named 'nothing'"]),
         (dict(forward_model="numpy:ones_like"), ["forward_model: ", "length"]),
@@ -273,12 +359,14 @@ def test_bad_inputs_fail_with_one_line(tmp_path, sample):
         (dict(checkpoints=_write(tmp_path, "mine.npz", **good)),
          ["forward_model: is still the sample run's X-ray rocking-curve model", "while your run is mine.npz"]),
         (dict(FILES, checkpoint_files=str(tmp_path / "none*.pt")), ["checkpoint_files: ", "no file matches"]),
+        (dict(FILES, checkpoint_files="nothing/*.pt"), ["checkpoint_files: ", "no file matches"]),
+        (dict(FILES, checkpoint_files=str(SAMPLE / "checkpoints")), ["checkpoint_files: ", "is a directory"]),
         (dict(FILES, model_factory=""), ["model_factory: is required"]),
         (dict(FILES, model_factory="helpers.checkpoint_divergence.checkpoints:fit_scaler"), ["model_factory: raised TypeError"]),
     ]
     for override, expected in cases:
         with pytest.raises(InputError) as e:
-            cd.load_inputs(dict(BASE, **override))
+            dx.load_inputs(dict(BASE, **override))
         msg = str(e.value)
         assert "\n" not in msg and all(part in msg for part in expected), (override, msg)
 
@@ -287,12 +375,12 @@ def test_a_state_dict_of_another_model_is_one_line(tmp_path):
     torch.save({"epoch": 1, "state_dict": {"w": torch.zeros(3)}}, tmp_path / "e1.pt")
     torch.save({"epoch": 2, "state_dict": {"w": torch.zeros(3)}}, tmp_path / "e2.pt")
     with pytest.raises(InputError) as e:
-        cd.load_inputs(dict(FILES, checkpoint_files=str(tmp_path / "*.pt")))
+        dx.load_inputs(dict(FILES, checkpoint_files=str(tmp_path / "*.pt")))
     assert "does not fit the model from model_factory" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_match_keys_strips_only_a_prefix_that_fits():
     state = {"model.a.weight": 1, "model.b": 2}
-    assert cd.match_keys(state, {"a.weight", "b"}) == {"a.weight": 1, "b": 2}
-    assert cd.match_keys(state, {"a.weight", "c"}) == state
+    assert cf.match_keys(state, {"a.weight", "b"}) == {"a.weight": 1, "b": 2}
+    assert cf.match_keys(state, {"a.weight", "c"}) == state
     assert ck.subsample(10, 20).tolist() == list(range(10))

@@ -25,7 +25,9 @@ From the (E, N) error matrix:
 - **coverage** in standardised parameter space: the k-NN distance to the training
   set against the same distance of validation samples, the number of training
   samples within radii taken from that distribution, each parameter's range;
-- **ensembles** of the last k checkpoints (mean and median of predictions).
+- **ensembles** of the last k checkpoints (mean and median of predictions), the **weight average** of the
+  last checkpoints (``torch.optim.swa_utils.AveragedModel``), and a **nearest-neighbour baseline** from
+  curves to parameters.
 
 Arrays are processed in epoch chunks, so memory stays near the size of ``pred``.
 """
@@ -49,6 +51,10 @@ MAX_REFERENCE = 2000
 MAX_BAND = 20000
 # a validation sample's error is floored at this share of the mean error (a perfect fit has error 0)
 REL_FLOOR = 1e-9
+# the nearest-neighbour baseline is fitted on at most this many training targets and scored on at most this
+# many validation samples
+MAX_BASELINE_TRAIN = 300
+MAX_BASELINE_VAL = 150
 
 
 # --------------------------------------------------------------------------- scales and errors
@@ -464,3 +470,68 @@ def error_correlation(param_err: np.ndarray, curve_err: np.ndarray) -> dict:
     pr, sr = stats.pearsonr(a, b), stats.spearmanr(a, b)
     return {"pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue), "spearman_rho": float(sr.statistic),
             "spearman_p": float(sr.pvalue), "n": int(len(a))}
+
+
+# --------------------------------------------------------------------------- remedies
+def predict(model, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Model outputs (n, P) as float32 numpy, eval mode, no grad, in chunks."""
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for a in range(0, len(x), chunk):
+            y = model(torch.as_tensor(x[a:a + chunk], dtype=torch.float32))
+            outs.append(y.reshape(len(y), -1).numpy().astype(np.float32))
+    return np.concatenate(outs)
+
+
+def weight_average(model, states: Sequence[dict], val_x: np.ndarray,
+                   experiment_x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """torch.optim.swa_utils.AveragedModel over the last checkpoints' weights ``states`` (buffers averaged too):
+    its predictions of ``val_x`` and of ``experiment_x``, and a note."""
+    import torch
+    from torch.optim.swa_utils import AveragedModel, update_bn
+
+    model.load_state_dict(states[0])
+    avg = AveragedModel(model, use_buffers=True)
+    for state in states:  # the first update copies, later ones average
+        model.load_state_dict(state)
+        avg.update_parameters(model)
+    note = "torch.optim.swa_utils.AveragedModel"
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in avg.modules()):
+        loader = [torch.as_tensor(val_x[a:a + 256], dtype=torch.float32) for a in range(0, len(val_x), 256)]
+        update_bn(loader, avg)
+        note += "; BatchNorm statistics recomputed on the validation inputs"
+    val_p = predict(avg.module, val_x)
+    exp_p = predict(avg.module, experiment_x[None])[0] if experiment_x is not None else None
+    return val_p, exp_p, note
+
+
+def nearest_neighbour_baseline(forward: Callable, train_target: np.ndarray, target: np.ndarray, k: int, seed: int = 0,
+                               val_x: np.ndarray | None = None, experiment_curve: np.ndarray | None = None,
+                               experiment_x: np.ndarray | None = None, experiment_target: np.ndarray | None = None):
+    """k-NN regression from curves to parameters (scikit-learn), fitted on the forward model's curves of
+    (at most MAX_BASELINE_TRAIN) training targets. Validation inputs are the measured ``x`` when they are curves
+    of the forward model's length, otherwise the forward model's noise-free curves of the targets. The experiment's
+    curve is ``experiment_curve``, else ``experiment_x`` when it is one, else the curve of ``experiment_target``.
+    Returns ((validation predictions, their rows of ``target``), the experiment's prediction or None, a note)."""
+    from sklearn.neighbors import KNeighborsRegressor
+
+    tr = subsample(len(train_target), MAX_BASELINE_TRAIN, seed)
+    knn = KNeighborsRegressor(n_neighbors=min(k, len(tr))).fit(call_forward(forward, train_target[tr]),
+                                                                train_target[tr])
+    sub = subsample(len(target), MAX_BASELINE_VAL, seed)
+    length = knn.n_features_in_
+    measured = val_x is not None and val_x.ndim == 2 and val_x.shape[1] == length
+    val_in = val_x[sub] if measured else call_forward(forward, target[sub])
+    note = ("validation: measured curves 'x'" if measured else "validation: noise-free curves of the targets") + \
+        f"; fitted on {len(tr)} training curves"
+    exp_curve = experiment_curve
+    if exp_curve is None and experiment_x is not None and experiment_x.shape == (length,):
+        exp_curve = experiment_x
+    if exp_curve is None and experiment_target is not None:
+        exp_curve = call_forward(forward, experiment_target[None])[0]
+    exp_p = knn.predict(exp_curve[None])[0] if exp_curve is not None and len(exp_curve) == length else None
+    return (knn.predict(val_in), sub), exp_p, note
+

@@ -1,23 +1,23 @@
 """The diagnosis behind notebook 03: a later checkpoint has the lower val loss but fits my experiment worse.
 
-Two ways in (see docs): the ``checkpoints`` npz of per-checkpoint predictions,
-or the checkpoint files themselves (``checkpoint_files`` glob + ``model_factory``
-+ ``validation`` npz), which are loaded with ``torch.load(weights_only=True)``
-and turned into the same arrays. Optional arrays in either npz: ``train_target``
-(coverage), ``experiment_*`` (the experiment), ``param_names``, and ``repeat_id``
+Two ways in (see docs/03_checkpoint_divergence.md): the ``checkpoints`` npz of per-checkpoint
+predictions, or the checkpoint files themselves (``checkpoint_files`` glob + ``model_factory``
++ ``validation`` npz), which :mod:`helpers.checkpoint_divergence.checkpoint_files` loads with
+``torch.load(weights_only=True)`` and turns into the same arrays. Optional arrays in either npz:
+``train_target`` (coverage), ``experiment_*`` (the experiment), ``param_names``, and ``repeat_id``
 (N,) marking rows that are repeated measurements of one sample.
 
 The statistics live in :mod:`helpers.checkpoint_divergence.checkpoints`; this module validates the
 inputs, runs them and turns them into the findings. Every error is standardised
 by the training targets' SD (the validation targets' when ``train_target`` is
 absent), so no parameter dominates because of its units.
+
+The face: ``load_inputs(params) -> (params, run)``, ``describe_inputs(run)``,
+``diagnose(run, params)``, ``findings(diagnosis)``, ``metrics(diagnosis)``.
 """
 
 from __future__ import annotations
 
-import glob
-import pickle
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +26,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from helpers.checkpoint_divergence import checkpoint_files as cf
 from helpers.checkpoint_divergence import checkpoints as ck
-from helpers.findings import Finding, not_applicable
+from helpers.findings import Finding, input_files, not_applicable
+from helpers.findings import describe_inputs as describe_files
 from helpers.io import InputError, check_shape, first_line, load_arrays, resolve_path
-from helpers.params import check_range, check_types, load_callable
+from helpers.params import check_not_mixed, check_range, check_types, load_callable
+from helpers.paths import is_sample
 
 NOTEBOOK = "03_checkpoint_divergence"
 PARAMETER_TYPES = {
@@ -54,14 +57,10 @@ MATERIAL_ADVANTAGE = 1.1
 # checkpoint); the parameter-vs-curve correlation and the nearest-neighbour baseline on at most these many.
 MAX_CURVE_SAMPLES = 64
 MAX_CORRELATION_SAMPLES = 120
-MAX_BASELINE_TRAIN = 300
-MAX_BASELINE_VAL = 150
 
 CHECKPOINT_REQUIRED = ("pred", "target", "epoch", "val_loss")
 CHECKPOINT_OPTIONAL = ("train_target", "experiment_pred", "experiment_target", "experiment_curve", "param_names",
                        "repeat_id")
-VALIDATION_REQUIRED = ("x", "target")
-VALIDATION_OPTIONAL = ("experiment_x", "experiment_target", "train_target", "param_names", "repeat_id", "experiment_curve")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -81,7 +80,9 @@ class CheckpointRun:
     repeat_id: np.ndarray | None = None
     source: str = "arrays"  # what was read, for the first output and summary.json
     val_loss_source: str = "'val_loss' array"
-    files: dict = field(default_factory=dict)  # parameter -> resolved path(s)
+    inputs: dict = field(default_factory=dict)  # parameter (or parameter[i]) -> the file it named
+    forward: Callable | None = field(default=None, repr=False)  # the forward model: parameters (n, P) -> curves
+    forward_model: str = ""  # the forward_model parameter it came from
     # the checkpoint-files way in
     val_x: np.ndarray | None = None
     experiment_x: np.ndarray | None = None
@@ -175,11 +176,11 @@ class CheckpointRun:
             experiment_pred=sort(a["experiment_pred"]).astype(np.float64) if "experiment_pred" in a else None,
             experiment_target=exp_t.reshape(-1).astype(np.float64) if exp_t is not None else None,
             experiment_curve=a["experiment_curve"].astype(np.float64) if "experiment_curve" in a else None,
-            repeat_id=rid, source=source, files={param: Path(path)} if path is not None else {},
+            repeat_id=rid, source=source, inputs={param: Path(path)} if path is not None else {},
         )
 
 
-def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+def _check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
     """Types and ranges of the notebook parameters (files are checked by :func:`load_inputs`)."""
     p = check_types(params, PARAMETER_TYPES)
     check_range("last_k", p["last_k"], 2, 1000)
@@ -188,17 +189,18 @@ def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
     return p
 
 
-def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun, Callable | None]:
-    """Check the parameters and load the run: (parameters, run, forward model or None).
+def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun]:
+    """Check the parameters and load the run: (parameters, run); the forward model is ``run.forward`` (or None).
 
     With ``checkpoint_files`` set, the run comes from the files (``checkpoints`` is ignored).
     Raises one-line :class:`~helpers.io.InputError` on any mistake.
     """
-    p = check_parameters(params)
+    p = _check_parameters(params)
     forward = load_callable("forward_model", p["forward_model"]) if p["forward_model"].strip() else None
     if p["checkpoint_files"].strip():
-        run = load_checkpoint_files(p["checkpoint_files"], p["model_factory"], p["validation"], p["last_k"])
+        run = _from_checkpoint_files(p["checkpoint_files"], p["model_factory"], p["validation"], p["last_k"])
         p["checkpoints"] = ""  # not read on this route: the summary records what was used
+        read = ("checkpoint_files", "model_factory", "validation", "forward_model")
     else:
         for name in ("model_factory", "validation"):
             if p[name].strip():
@@ -206,6 +208,7 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun, Callabl
         path = resolve_path("checkpoints", p["checkpoints"], (".npz",))
         arrays = load_arrays("checkpoints", path, CHECKPOINT_REQUIRED, CHECKPOINT_OPTIONAL)
         run = CheckpointRun.from_arrays(arrays, "checkpoints", path, source="checkpoints npz")
+        read = ("checkpoints", "forward_model")
     if p["last_k"] > run.n_checkpoints:
         raise InputError("last_k", f"must be at most the number of checkpoints ({run.n_checkpoints}), got {p['last_k']}")
     if p["k_neighbours"] >= run.n:
@@ -213,7 +216,21 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun, Callabl
     _check_not_mixed(p)
     if forward is not None:
         check_forward(forward, run)
-    return p, run, forward
+    run.forward, run.forward_model = forward, p["forward_model"]
+    run.inputs = input_files({k: p[k] for k in read})
+    return p, run
+
+
+def _from_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep_last: int) -> CheckpointRun:
+    """The run the checkpoint files give (:func:`helpers.checkpoint_divergence.checkpoint_files.load_checkpoint_files`),
+    validated like a ``checkpoints`` npz; the model and the last ``keep_last`` state dicts ride along for the
+    weight average."""
+    loaded = cf.load_checkpoint_files(pattern, factory_spec, validation, keep_last)
+    run = CheckpointRun.from_arrays(loaded.arrays, "validation", loaded.validation, source="checkpoint files")
+    run.val_x, run.experiment_x, run.model = loaded.val_x, loaded.experiment_x, loaded.model
+    run.tail_states = loaded.tail_states
+    run.val_loss_source = loaded.val_loss_source
+    return run
 
 
 SAMPLE_FORWARD_MODEL = "helpers.checkpoint_divergence.rocking_curve:forward"
@@ -221,10 +238,6 @@ SAMPLE_FORWARD_MODEL = "helpers.checkpoint_divergence.rocking_curve:forward"
 
 def _check_not_mixed(p: Mapping[str, Any]) -> None:
     """The sample's forward model, or its validation npz, must not be applied to the user's checkpoints."""
-    from helpers.findings import input_files
-    from helpers.params import check_not_mixed
-    from helpers.paths import is_sample
-
     route = ["checkpoint_files", "validation"] if p["checkpoint_files"].strip() else ["checkpoints"]
     check_not_mixed(p, route)
     mine = [str(f) for f in input_files({k: p[k] for k in route}).values() if not is_sample(f)]
@@ -248,188 +261,6 @@ def check_forward(forward: Callable, run: CheckpointRun) -> None:
                                           f"{len(run.experiment_curve)} points")
 
 
-# --------------------------------------------------------------------------- checkpoint files
-def resolve_glob(param: str, pattern: str) -> list[Path]:
-    """Files matching a glob, from the working directory first, then from the repository root.
-
-    A remote fsspec URL pattern (``https://host/run/*.pt``, ``s3://bucket/run/*.pt``) is globbed
-    by its filesystem and each match fetched to a local copy.
-    """
-    from helpers.io import fetch
-    from helpers.paths import REPO_ROOT, is_remote, local_path
-
-    if is_remote(pattern):
-        from fsspec.core import url_to_fs
-
-        try:
-            fs, root = url_to_fs(pattern.strip())
-            found = sorted(fs.glob(root))
-        except Exception as exc:
-            raise InputError(param, f"cannot list this URL pattern ({type(exc).__name__}: {first_line(exc)})",
-                             pattern) from None
-        if not found:
-            raise InputError(param, "no file matches this pattern", pattern)
-        return [fetch(param, fs.unstrip_protocol(f)) for f in found]
-    pat = str(Path(local_path(pattern)).expanduser())
-    roots = [Path(pat)] if Path(pat).is_absolute() else [Path.cwd() / pat, REPO_ROOT / pat]
-    for root in roots:
-        found = sorted(Path(f) for f in glob.glob(str(root)) if Path(f).is_file())
-        if found:
-            return [f.resolve() for f in found]
-    folder = next((r for r in roots if r.is_dir()), None)
-    if folder is not None:
-        raise InputError(param, f"is a directory: give a glob of its checkpoints, such as {folder / '*.pt'}", folder)
-    raise InputError(param, "no file matches this pattern", roots[0])
-
-
-def read_checkpoint(param: str, path: Path) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)``; a pickled object is refused, never executed."""
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputError(param, "holds a pickled Python object that torch.load(weights_only=True) refuses to run "
-                                f"({first_line(exc)[:120]}); save model.state_dict() instead", path) from None
-    except Exception as exc:
-        raise InputError(param, f"cannot be read as a torch checkpoint ({type(exc).__name__}: {first_line(exc)})", path) from None
-
-
-def state_dict_of(param: str, path: Path, obj: Any) -> dict:
-    """The state dict in a checkpoint: the object itself, or under 'state_dict', 'model' or 'model_state_dict'."""
-    import torch
-
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return dict(obj)
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-                return {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
-    raise InputError(param, "holds no state_dict (expected a dict of tensors, or one under 'state_dict' or 'model')", path)
-
-
-def match_keys(state: dict, expected: set[str]) -> dict:
-    """Strip a prefix such as Lightning's ``model.`` or DDP's ``module.`` when the module's keys lack it."""
-    if set(state) == expected or not state:
-        return state
-    prefixes = sorted({k[:i + 1] for k in state for i, c in enumerate(k) if c == "."}, key=len)
-    for pre in prefixes:
-        stripped = {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}
-        if set(stripped) == expected:
-            return stripped
-    return state
-
-
-def epoch_of(param: str, path: Path, obj: Any) -> int:
-    """The checkpoint's 'epoch' entry, else the last number in its file name."""
-    if isinstance(obj, Mapping) and "epoch" in obj:
-        e = obj["epoch"]
-        e = e.item() if hasattr(e, "item") else e
-        if isinstance(e, int | float) and float(e).is_integer():
-            return int(e)
-    digits = re.findall(r"\d+", path.stem)
-    if digits:
-        return int(digits[-1])
-    raise InputError(param, "has no 'epoch' entry and no number in its file name to take the epoch from", path)
-
-
-def predict(model, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Model outputs (n, P) as float32 numpy, eval mode, no grad, in chunks."""
-    import torch
-
-    model.eval()
-    outs = []
-    with torch.no_grad():
-        for a in range(0, len(x), chunk):
-            y = model(torch.as_tensor(x[a:a + chunk], dtype=torch.float32))
-            outs.append(y.reshape(len(y), -1).numpy().astype(np.float32))
-    return np.concatenate(outs)
-
-
-def load_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep_last: int = 5) -> CheckpointRun:
-    """Load every checkpoint, predict the validation set (and the experiment), build the npz arrays."""
-    import torch
-
-    paths = resolve_glob("checkpoint_files", pattern)
-    if len(paths) < 2:
-        raise InputError("checkpoint_files", f"matches {len(paths)} checkpoint file; need at least 2 to compare "
-                                             "checkpoints", paths[0])
-    if not factory_spec.strip():
-        raise InputError("model_factory", "is required with checkpoint_files: 'module:function' returning the nn.Module")
-    if not validation.strip():
-        raise InputError("validation", "is required with checkpoint_files: an npz with 'x' inputs and 'target' (N, P)")
-    factory = load_callable("model_factory", factory_spec)
-    try:
-        model = factory()
-    except Exception as exc:
-        raise InputError("model_factory", f"raised {type(exc).__name__}: {first_line(exc)}") from None
-    if not isinstance(model, torch.nn.Module):
-        raise InputError("model_factory", f"returned {type(model).__name__}, expected a torch.nn.Module")
-    vpath = resolve_path("validation", validation, (".npz",))
-    v = load_arrays("validation", vpath, VALIDATION_REQUIRED, VALIDATION_OPTIONAL)
-    x, target = v["x"], v["target"]
-    if x.dtype.kind not in "iuf" or target.dtype.kind not in "iuf":
-        raise InputError("validation", "arrays 'x' and 'target' must be numeric", vpath)
-    if target.ndim != 2 or len(x) != len(target):
-        raise InputError("validation", f"'target' has shape {target.shape} and 'x' {x.shape}: expected (N, P) and (N, ...)", vpath)
-    expected = set(model.state_dict())
-    loaded = []
-    for path in paths:
-        obj = read_checkpoint("checkpoint_files", path)
-        logged = obj.get("val_loss") if isinstance(obj, Mapping) else None
-        logged = logged.item() if hasattr(logged, "item") else logged
-        loaded.append((epoch_of("checkpoint_files", path, obj), path,
-                       match_keys(state_dict_of("checkpoint_files", path, obj), expected),
-                       float(logged) if isinstance(logged, int | float) and np.isfinite(logged) else None))
-    loaded.sort(key=lambda t: t[0])
-    epochs = [t[0] for t in loaded]
-    if len(set(epochs)) != len(epochs):
-        dup = next(e for e in epochs if epochs.count(e) > 1)
-        raise InputError("checkpoint_files", f"two files are epoch {dup}; each checkpoint needs its own epoch", paths[0].parent)
-    exp_x = v.get("experiment_x")
-    if exp_x is not None and exp_x.shape != x.shape[1:]:
-        raise InputError("validation", f"'experiment_x' has shape {exp_x.shape}, expected {x.shape[1:]} like one row of 'x'", vpath)
-    preds, exp_preds = [], []
-    for _, path, state, _ in loaded:
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise InputError("checkpoint_files", f"does not fit the model from model_factory: {first_line(exc)[:200]}", path) from None
-        out = predict(model, x)
-        if out.shape != target.shape:
-            raise InputError("checkpoint_files", f"the model predicts shape {out.shape} for 'x', but 'target' is {target.shape}", path)
-        if not np.isfinite(out).all():
-            raise InputError("checkpoint_files", f"with these weights the model predicts {int((~np.isfinite(out)).sum())} "
-                                                 "NaN/inf values for 'x' (a diverged checkpoint?)", path)
-        preds.append(out)
-        if exp_x is not None:
-            exp_preds.append(predict(model, exp_x[None])[0])
-    pred = np.stack(preds)
-    logged = [t[3] for t in loaded]
-    if all(x is not None for x in logged):  # the 'val_loss' each checkpoint carries
-        val_loss, val_loss_source = np.array(logged), "the checkpoints' 'val_loss' entries"
-    else:  # not logged: the standardised validation MSE stands in for it
-        scale = ck.fit_scaler(v["train_target"] if v.get("train_target") is not None and np.ndim(v["train_target"]) == 2
-                              else target).scale_
-        val_loss = ck.checkpoint_mse(ck.per_sample_errors(pred, target, scale))
-        val_loss_source = "standardised validation MSE (the checkpoints hold no 'val_loss')"
-    arrays = {"pred": pred, "target": target, "epoch": np.array(epochs), "val_loss": val_loss}
-    if exp_x is not None:
-        arrays["experiment_pred"] = np.stack(exp_preds)
-        arrays.setdefault("experiment_curve", v.get("experiment_curve"))
-    for key in ("train_target", "experiment_target", "param_names", "repeat_id", "experiment_curve"):
-        if v.get(key) is not None:
-            arrays[key] = v[key]
-    run = CheckpointRun.from_arrays({k: a for k, a in arrays.items() if a is not None}, "validation", vpath,
-                                    source="checkpoint files")
-    run.files = {"checkpoint_files": paths, "validation": vpath}
-    run.val_x, run.experiment_x, run.model = x, exp_x, model
-    run.tail_states = [t[2] for t in loaded[-keep_last:]]
-    run.val_loss_source = val_loss_source
-    return run
-
-
 # --------------------------------------------------------------------------- the diagnosis
 @dataclass
 class Diagnosis:
@@ -442,7 +273,7 @@ class Diagnosis:
     val_mse: np.ndarray = field(repr=False)  # (E,) standardised validation MSE
     ref: int  # index of the val-loss-best checkpoint
     last_k: int
-    k: int
+    k_neighbours: int
     experiment_space: str | None = None  # "parameters" or "curve"
     experiment_err: np.ndarray | None = None  # (E,) in experiment_space
     experiment_param_err: np.ndarray | None = None
@@ -477,7 +308,8 @@ class Diagnosis:
         return int(self.run.epoch[self.ideal]) if self.ideal is not None else None
 
 
-def _experiment_reference_curve(run: CheckpointRun, forward: Callable | None) -> np.ndarray | None:
+def _experiment_reference_curve(run: CheckpointRun) -> np.ndarray | None:
+    forward = run.forward
     if forward is None:
         return None
     if run.experiment_curve is not None:
@@ -487,9 +319,12 @@ def _experiment_reference_curve(run: CheckpointRun, forward: Callable | None) ->
     return None
 
 
-def diagnose(run: CheckpointRun, forward: Callable | None = None, last_k: int = 5, k: int = 5,
-             seed: int = 0) -> Diagnosis:
-    """All measurements of notebook 03 (see the module docstring of :mod:`helpers.checkpoint_divergence.checkpoints`)."""
+def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
+    """All measurements of notebook 03 (see the module docstring of :mod:`helpers.checkpoint_divergence.checkpoints`),
+    with the forward model ``run.forward`` (None: no curve-space measurements) and the settings
+    ``params["last_k"]``, ``params["k_neighbours"]`` and ``params["seed"]``."""
+    forward = run.forward
+    last_k, k_neighbours, seed = params["last_k"], params["k_neighbours"], params["seed"]
     if run.train_target is not None:
         scaler, scale_source = ck.fit_scaler(run.train_target), "train_target"
     else:
@@ -498,11 +333,11 @@ def diagnose(run: CheckpointRun, forward: Callable | None = None, last_k: int = 
     err = ck.per_sample_errors(run.pred, run.target, scale)
     np.maximum(err, ck.error_floor(err), out=err)  # floored once, in place: a perfect fit is not a division by 0
     ref = int(np.argmin(run.val_loss))
-    d = Diagnosis(run, scale, scale_source, err, ck.checkpoint_mse(err), ref, last_k, k)
+    d = Diagnosis(run, scale, scale_source, err, ck.checkpoint_mse(err), ref, last_k, k_neighbours)
     target_z = ck.standardise(run.target, scaler)
 
     # the experiment across checkpoints, in parameter and in curve space
-    ref_curve = _experiment_reference_curve(run, forward)
+    ref_curve = _experiment_reference_curve(run)
     if run.has_experiment:
         if run.experiment_target is not None:
             d.experiment_param_err = ck.per_sample_errors(run.experiment_pred[:, None], run.experiment_target[None], scale)[:, 0]
@@ -528,17 +363,18 @@ def diagnose(run: CheckpointRun, forward: Callable | None = None, last_k: int = 
         d.location = ck.ensemble(run.experiment_pred, last_k, "median")
         d.location_source = f"median prediction of the last {last_k} checkpoints (no 'experiment_target')"
     if d.location is not None and run.train_target is not None:
-        d.coverage = ck.coverage(run.train_target, d.location, run.target, scaler, run.param_names, k=k, seed=seed)
-        d.raw_distance = float(ck.knn_distances(run.train_target, d.location[None], k)[0])
+        d.coverage = ck.coverage(run.train_target, d.location, run.target, scaler, run.param_names, k=k_neighbours,
+                                 seed=seed)
+        d.raw_distance = float(ck.knn_distances(run.train_target, d.location[None], k_neighbours)[0])
 
     # selection on the test case
-    d.selection = ck.selection_by_neighbours(err, target_z, ref, k=k, seed=seed)
+    d.selection = ck.selection_by_neighbours(err, target_z, ref, k=k_neighbours, seed=seed)
     if run.repeat_id is not None and pd.Series(run.repeat_id).duplicated().any():
         d.selection_repeats = ck.selection_by_repeats(err, run.repeat_id, ref, seed=seed)
     if d.location is not None and d.ideal is not None:
-        nb = ck.NearestNeighbors(n_neighbors=k).fit(target_z).kneighbors(ck.standardise(d.location[None], scaler))[1][0]
+        nb = ck.NearestNeighbors(n_neighbors=k_neighbours).fit(target_z).kneighbors(ck.standardise(d.location[None], scaler))[1][0]
         e_ref, e_ideal = float(err[ref, nb].mean()), float(err[d.ideal, nb].mean())
-        d.experiment_neighbours = {"k": k, "error_val_best": e_ref, "error_ideal": e_ideal,
+        d.experiment_neighbours = {"k": k_neighbours, "error_val_best": e_ref, "error_ideal": e_ideal,
                                    "ratio": e_ref / e_ideal if e_ideal > 0 else float("nan")}
 
     # per-parameter errors by bin at the val-best checkpoint
@@ -555,15 +391,16 @@ def diagnose(run: CheckpointRun, forward: Callable | None = None, last_k: int = 
         d.correlation = ck.error_correlation(err[ref, cols], curve_err)
         d.error_pairs = pd.DataFrame({"parameter_error": err[ref, cols], "curve_error": curve_err})
 
-    d.remedies = remedies(d, forward, seed)
+    d.remedies = remedies(d, seed)
     return d
 
 
-def remedies(d: Diagnosis, forward: Callable | None, seed: int = 0) -> pd.DataFrame:
+def remedies(d: Diagnosis, seed: int = 0) -> pd.DataFrame:
     """Each way of choosing or combining checkpoints, scored on validation and on the experiment."""
     run, scale, k = d.run, d.scale, d.last_k
+    forward = run.forward
     rows = []
-    ref_curve = _experiment_reference_curve(run, forward)
+    ref_curve = _experiment_reference_curve(run)
 
     def score(name: str, val_pred: np.ndarray | None, exp_pred: np.ndarray | None, note: str = "") -> None:
         row = {"remedy": name, "val_error": float(ck.per_sample_errors(val_pred, run.target, scale).mean())
@@ -584,65 +421,22 @@ def remedies(d: Diagnosis, forward: Callable | None, seed: int = 0) -> pd.DataFr
         score(f"{how} of the last {k} checkpoints", ck.ensemble(run.pred, k, how),
               ck.ensemble(ep, k, how) if ep is not None else None, "prediction ensemble")
     if run.model is not None and run.tail_states:
-        val_p, exp_p, note = weight_average(run)
+        val_p, exp_p, note = ck.weight_average(run.model, run.tail_states, run.val_x, run.experiment_x)
         score(f"weight average of the last {len(run.tail_states)} checkpoints", val_p, exp_p, note)
     if forward is not None and run.train_target is not None:
-        val_p, exp_p, note = nearest_neighbour_baseline(run, forward, d.k, seed)
+        val_p, exp_p, note = ck.nearest_neighbour_baseline(
+            forward, run.train_target, run.target, d.k_neighbours, seed, val_x=run.val_x,
+            experiment_curve=run.experiment_curve, experiment_x=run.experiment_x, experiment_target=run.experiment_target)
         sub = val_p[1]
         rows_before = len(rows)
-        score(f"nearest-neighbour baseline (k={d.k})", None, exp_p, note)
+        score(f"nearest-neighbour baseline (k={d.k_neighbours})", None, exp_p, note)
         rows[rows_before]["val_error"] = float(ck.per_sample_errors(val_p[0], run.target[sub], scale).mean())
     return pd.DataFrame(rows).set_index("remedy")
 
 
-def weight_average(run: CheckpointRun) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """torch.optim.swa_utils.AveragedModel over the last checkpoints' weights (buffers averaged too)."""
-    import torch
-    from torch.optim.swa_utils import AveragedModel, update_bn
-
-    model = run.model
-    model.load_state_dict(run.tail_states[0])
-    avg = AveragedModel(model, use_buffers=True)
-    for state in run.tail_states:  # the first update copies, later ones average
-        model.load_state_dict(state)
-        avg.update_parameters(model)
-    note = "torch.optim.swa_utils.AveragedModel"
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in avg.modules()):
-        loader = [torch.as_tensor(run.val_x[a:a + 256], dtype=torch.float32) for a in range(0, len(run.val_x), 256)]
-        update_bn(loader, avg)
-        note += "; BatchNorm statistics recomputed on the validation inputs"
-    val_p = predict(avg.module, run.val_x)
-    exp_p = predict(avg.module, run.experiment_x[None])[0] if run.experiment_x is not None else None
-    return val_p, exp_p, note
-
-
-def nearest_neighbour_baseline(run: CheckpointRun, forward: Callable, k: int, seed: int = 0):
-    """k-NN regression from curves to parameters (scikit-learn), fitted on the forward model's curves of
-    (at most MAX_BASELINE_TRAIN) training targets. Validation inputs are the measured ``x`` when they are curves
-    of the forward model's length, otherwise the forward model's noise-free curves of the targets."""
-    from sklearn.neighbors import KNeighborsRegressor
-
-    tr = ck.subsample(len(run.train_target), MAX_BASELINE_TRAIN, seed)
-    knn = KNeighborsRegressor(n_neighbors=min(k, len(tr))).fit(ck.call_forward(forward, run.train_target[tr]),
-                                                                run.train_target[tr])
-    sub = ck.subsample(run.n, MAX_BASELINE_VAL, seed)
-    length = knn.n_features_in_
-    measured = run.val_x is not None and run.val_x.ndim == 2 and run.val_x.shape[1] == length
-    val_in = run.val_x[sub] if measured else ck.call_forward(forward, run.target[sub])
-    note = ("validation: measured curves 'x'" if measured else "validation: noise-free curves of the targets") + \
-        f"; fitted on {len(tr)} training curves"
-    exp_curve = run.experiment_curve
-    if exp_curve is None and run.experiment_x is not None and run.experiment_x.shape == (length,):
-        exp_curve = run.experiment_x
-    if exp_curve is None and run.experiment_target is not None:
-        exp_curve = ck.call_forward(forward, run.experiment_target[None])[0]
-    exp_p = knn.predict(exp_curve[None])[0] if exp_curve is not None and len(exp_curve) == length else None
-    return (knn.predict(val_in), sub), exp_p, note
-
-
 # --------------------------------------------------------------------------- findings
 def _where(run: CheckpointRun) -> str:
-    path = run.files.get("checkpoints") or run.files.get("validation")
+    path = run.inputs.get("checkpoints") or run.inputs.get("validation")
     return Path(path).name if path is not None else "the input"
 
 
@@ -720,7 +514,7 @@ def selection_does_not_generalize(d: Diagnosis) -> Finding:
     fid = "selection_does_not_generalize"
     s, r = d.selection, d.selection_repeats
     ev = {"method": s.method, "units": s.n, "in_sample_ratio": s.in_sample_ratio, "held_out_ratio": s.held_out_ratio,
-          "surviving_share": s.surviving_share, "share_better_on_held_out": s.share_better, "k": d.k,
+          "surviving_share": s.surviving_share, "share_better_on_held_out": s.share_better, "k": d.k_neighbours,
           "threshold": SURVIVING_SHARE_MIN}
     if r is not None:
         ev.update({"repeats_units": r.n, "repeats_surviving_share": r.surviving_share,
@@ -731,7 +525,7 @@ def selection_does_not_generalize(d: Diagnosis) -> Finding:
         return Finding(fid, "not_detected", "info", f"A sample's own best checkpoint beats the val-loss-best one by "
                        f"{s.in_sample_ratio:.3f}x on average: there is no material per-sample choice to make.", ev)
     text = (f"a checkpoint chosen on one validation sample is {s.in_sample_ratio:.2f}x better than the val-loss-best one on "
-            f"that sample but {s.held_out_ratio:.2f}x on its {d.k} nearest neighbours ({s.surviving_share:.0%} of the advantage "
+            f"that sample but {s.held_out_ratio:.2f}x on its {d.k_neighbours} nearest neighbours ({s.surviving_share:.0%} of the advantage "
             "survives)")
     if r is not None:
         text += f"; on repeated measurements of the same sample {r.surviving_share:.0%} survives"
@@ -769,7 +563,7 @@ def findings(d: Diagnosis) -> list[Finding]:
 
 
 # --------------------------------------------------------------------------- tables and metrics
-def headline_metrics(d: Diagnosis) -> dict[str, Any]:
+def metrics(d: Diagnosis) -> dict[str, Any]:
     """Headline numbers for summary.json."""
     run = d.run
     m = {"source": run.source, "n_checkpoints": run.n_checkpoints, "n_validation": run.n, "n_params": run.n_params,
@@ -793,10 +587,9 @@ def headline_metrics(d: Diagnosis) -> dict[str, Any]:
     if d.correlation is not None:
         m["param_curve_error_spearman"] = d.correlation["spearman_rho"]
     m["remedies"] = d.remedies[["val_error", "experiment_error", "experiment_curve_mse"]].to_dict(orient="index")
+    if d.sensitivity is not None:
+        m["sensitivity_curve_rms_per_sd"] = d.sensitivity["curve_rms_per_sd"].to_dict()
     return m
-
-
-metrics = headline_metrics
 
 
 def checkpoint_table(d: Diagnosis) -> pd.DataFrame:
@@ -814,17 +607,11 @@ def checkpoint_table(d: Diagnosis) -> pd.DataFrame:
     return t.set_index("epoch")
 
 
-def describe_inputs(run: CheckpointRun) -> list[str]:
-    """Lines for the notebook's first output: which files were read, and whether they are the bundled sample."""
-    from helpers.paths import DATA_SAMPLES
-
-    lines, sample = [], False
-    for param, value in run.files.items():
-        paths = value if isinstance(value, list) else [value]
-        is_sample = all(Path(p).resolve().is_relative_to(DATA_SAMPLES.resolve()) for p in paths)
-        sample = sample or is_sample
-        shown = f"{paths[0]} ... ({len(paths)} files)" if len(paths) > 1 else str(paths[0])
-        lines.append(f"{param}: {shown}" + ("   [bundled sample run]" if is_sample else ""))
-    if sample:
-        lines.insert(0, "*** THE BUNDLED SAMPLE RUN (data_samples/03_checkpoint_divergence): set the parameters to diagnose yours ***")
-    return lines
+def describe_inputs(run: CheckpointRun) -> str:
+    """The notebook's first output: which files were read (and whether they are the bundled sample), what they hold."""
+    details = [f"{run.n_checkpoints} checkpoints (epochs {run.epoch[0]}-{run.epoch[-1]}), {run.n} validation samples, "
+               f"{run.n_params} parameters: {', '.join(run.param_names)}; val loss from {run.val_loss_source}",
+               f"experiment: {'yes' if run.has_experiment else 'none'}; train_target: "
+               f"{'none' if run.train_target is None else run.train_target.shape}; forward model: "
+               f"{run.forward_model or ('given' if run.forward is not None else 'none')}"]
+    return describe_files(run.inputs, details=details)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from helpers.checkpoint_divergence import lab as it
-from helpers.encoder_variance.simulate import save_npz
+from helpers.io import save_npz
 
 NOTEBOOK = "03_checkpoint_divergence"
 
