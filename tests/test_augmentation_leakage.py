@@ -1,33 +1,37 @@
 """Notebook 05's findings on runs that are not the sample run: real data split cleanly or leakily,
-runs without parent ids or groups, and bad inputs."""
+runs without parent ids or groups, and bad inputs; all in-process, through the face of
+``helpers.augmentation_leakage.diagnosis``."""
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
+from face import defaults, pipeline
 from sklearn import datasets
 from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_squared_error
 from sklearn.model_selection import train_test_split
 
-from helpers.augmentation_leakage import diagnosis as al
+from helpers.augmentation_leakage import diagnosis as dx
+from helpers.findings import SAMPLE_BANNER
 from helpers.io import InputError
 
 SAMPLE = "data_samples/05_augmentation_leakage/"
+# a run of the user's: none of the sample run's companions
+NONE = dict(declared_copies="", group_metrics="", train_loss=math.nan, val_loss=math.nan)
 
 
 def params(**kw):
-    p = dict(samples="", feature_columns=[], declared_copies="", group_metrics="", baseline_run="baseline",
-             train_loss=math.nan, val_loss=math.nan, output_dir="", run_demos=False, seed=0)
-    return {**p, **kw}
+    return {**defaults(dx.NOTEBOOK), "run_demos": False, **NONE, **kw}
 
 
 def statuses(path, **kw):
-    p, run = al.load_inputs(params(samples=str(path), **kw))
-    d = al.diagnose(run, seed=0)
-    return {f.id: f for f in al.findings(d)}, d
+    """The findings and the diagnosis of the run whose samples are ``path`` (summary.json next to it)."""
+    r = pipeline(dx, **{**NONE, "samples": str(path), "output_dir": str(path.parent / "out"), **kw})
+    return r.found, r.diagnosis
 
 
 def diabetes_frame(copies=0, noise=0.0, seed=0):
@@ -126,23 +130,69 @@ def test_group_metrics_degradation_and_reweighting(tmp_path):
 def test_sample_companions_are_ignored_for_another_run(tmp_path):
     df, _ = diabetes_frame()
     df.to_parquet(tmp_path / "s.parquet")
-    losses = json.loads(open(al.SAMPLE_DIR / "losses.json").read())
-    p, run = al.load_inputs(params(samples=str(tmp_path / "s.parquet"), declared_copies=SAMPLE + "declared_copies.json",
-                                   group_metrics=SAMPLE + "group_metrics.csv", **losses))
+    losses = json.loads(open(dx.SAMPLE_DIR / "losses.json").read())
+    r = pipeline(dx, samples=str(tmp_path / "s.parquet"), declared_copies=SAMPLE + "declared_copies.json",
+                 group_metrics=SAMPLE + "group_metrics.csv", output_dir=str(tmp_path / "out"), **losses)
+    run = r.run
     assert run.declared is None and run.group_metrics is None and math.isnan(run.train_loss)
-    assert "ignored the sample run's" in al.describe_inputs(run)
+    assert "ignored the sample run's" in r.banner
+    # only the file read is listed, and it is not the sample's: no sample banner
+    assert list(run.inputs) == ["samples"] and SAMPLE_BANNER not in r.banner
+    assert r.summary.to_dict()["sample_run"] is False
 
 
-def test_the_sample_run_is_announced_and_its_numbers_reconcile():
-    losses = json.loads(open(al.SAMPLE_DIR / "losses.json").read())
-    p, run = al.load_inputs(params(samples=SAMPLE + "samples.parquet", feature_columns="[]",
-                                   declared_copies=SAMPLE + "declared_copies.json",
-                                   group_metrics=SAMPLE + "group_metrics.csv", baseline_run="baseline", **losses))
-    assert "BUNDLED SAMPLE RUN" in al.describe_inputs(run)
-    d = al.diagnose(run)
+def test_the_sample_run_is_announced_and_its_numbers_reconcile(tmp_path):
+    losses = json.loads(open(dx.SAMPLE_DIR / "losses.json").read())
+    r = pipeline(dx, samples=SAMPLE + "samples.parquet", feature_columns="[]",
+                 declared_copies=SAMPLE + "declared_copies.json", group_metrics=SAMPLE + "group_metrics.csv",
+                 baseline_run="baseline", output_dir=str(tmp_path / "out"), **losses)
+    assert r.banner.startswith(SAMPLE_BANNER)
+    assert list(r.run.inputs) == ["samples", "declared_copies", "group_metrics"]
+    assert "samples: 14040 rows (train 11934, val 2106)" in r.banner
+    d = r.diagnosis
     # the per-group values weighted by validation rows give back the logged val loss (4-decimal rounding)
     assert d.weighted["this"]["row_weighted"] == pytest.approx(losses["val_loss"], abs=1e-3)
-    assert all(f.detected for f in al.findings(d))
+    assert all(f.detected for f in r.found.values())
+    assert r.summary.metrics["val_metric_row_weighted"] == d.weighted["this"]["row_weighted"]
+
+
+def test_the_diagnosis_is_deterministic(tmp_path):
+    """Two in-process runs of the same augmented run (every finding computed) give the same summary."""
+    df, feats = diabetes_frame(copies=5, noise=0.02)
+    df["tier"] = np.where(df["group"] == "m", "hard", "easy")
+    df.to_parquet(tmp_path / "s.parquet")
+    (tmp_path / "declared.json").write_text(json.dumps({"m": 1, "f": 1}))
+    pd.DataFrame({"group": ["m", "f", "m", "f"], "run": ["new", "new", "baseline", "baseline"],
+                  "value": [0.2, 0.9, 0.5, 0.3]}).to_csv(tmp_path / "gm.csv", index=False)
+    kw = dict(samples=str(tmp_path / "s.parquet"), declared_copies=str(tmp_path / "declared.json"),
+              group_metrics=str(tmp_path / "gm.csv"), output_dir=str(tmp_path / "out"), **with_losses(df, feats))
+    a = pipeline(dx, **kw)
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    b = pipeline(dx, write=False, **kw)
+    assert a.summary.to_dict() == b.summary.to_dict() == written
+    assert "not_applicable" not in {f.status for f in a.found.values()}  # every check ran
+
+
+def test_a_variant_of_the_run_is_diagnosed_with_dataclasses_replace(tmp_path):
+    """What the notebook's solutions do: the same run, its samples re-split by parent or without parent ids."""
+    df, feats = diabetes_frame(copies=5, noise=0.02)
+    df.to_parquet(tmp_path / "s.parquet")
+    (tmp_path / "declared.json").write_text(json.dumps({"m": 1, "f": 1}))
+    r = pipeline(dx, samples=str(tmp_path / "s.parquet"), declared_copies=str(tmp_path / "declared.json"),
+                 output_dir=str(tmp_path / "out"), **with_losses(df, feats))
+    s = r.run.samples.copy()
+    s["split"] = np.where(s["parent_id"] % 5 == 0, "val", "train")
+    found = {f.id: f for f in dx.findings(dx.diagnose(replace(r.run, samples=s), r.params))}
+    assert found["parent_leakage"].status == found["near_duplicate_leakage"].status == "not_detected"
+    assert found["augmentation_mismatch"].detected  # the declared copies are kept
+    no_ids = dx.diagnose(replace(r.run, samples=r.run.samples.drop(columns=["parent_id", "is_augmented"])), r.params)
+    assert no_ids.scan.reference_kind == "pseudo-parents" and no_ids.parent is None and no_ids.copies is None
+
+
+def test_the_face():
+    assert set(dx.PARAMETER_TYPES) == set(defaults(dx.NOTEBOOK))
+    assert all(isinstance(v, dx.PARAMETER_TYPES[k]) for k, v in defaults(dx.NOTEBOOK).items())
+    assert len(set(dx.FINDING_IDS)) == len(dx.FINDING_IDS) == 6
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -156,30 +206,40 @@ def _files(d):
     df[df.split == "train"].to_parquet(d / "noval.parquet")
     (d / "declared.json").write_text(json.dumps({"x": 2}))
     pd.DataFrame({"group": ["m"], "run": ["a"], "value": [0.1]}).to_csv(d / "gm.csv", index=False)
+    pd.DataFrame({"x": [1.0, 2.0, np.inf], "split": ["train", "val", "train"]}).to_parquet(d / "inf.parquet")
 
 
 @pytest.mark.parametrize("kw, expected", [
-    (dict(samples="missing.parquet"), "samples: "),
-    (dict(samples="split.parquet"), "column 'split' has value 'validation'"),
-    (dict(samples="nan.parquet"), "column 'bmi' has 1 NaN/inf values"),
-    (dict(samples="noval.parquet"), "no rows with split == 'val'"),
-    (dict(feature_columns="[bmi, nope]"), "feature column 'nope' not found"),
-    (dict(feature_columns="{a: 1}"), "feature_columns: expected a list"),
-    (dict(feature_columns=["bmi", "target"]), "'target' is a reserved column"),
-    (dict(declared_copies="declared.json"), "group 'x' is not in the samples"),
-    (dict(group_metrics="gm.csv"), "no rows with run == 'baseline'"),
-    (dict(train_loss=-1.0), "train_loss: must be in [0.0, inf]"),
-    (dict(seed=True), "seed: expected an integer"),
+    (dict(samples="missing.parquet"), ["samples: ", "missing.parquet", "file not found"]),
+    (dict(samples="split.parquet"), ["column 'split' has value 'validation'"]),
+    (dict(samples="nan.parquet"), ["column 'bmi' has 1 NaN/inf values"]),
+    (dict(samples="inf.parquet"), ["samples: ", "inf.parquet", "column 'x' has 1 NaN/inf values"]),
+    (dict(samples="noval.parquet"), ["no rows with split == 'val'"]),
+    (dict(feature_columns="[bmi, nope]"), ["feature column 'nope' not found"]),
+    (dict(samples=SAMPLE + "samples.parquet", feature_columns="[n, nope]"), ["feature column 'nope' not found"]),
+    (dict(feature_columns="{a: 1}"), ["feature_columns: expected a list"]),
+    (dict(feature_columns=["bmi", "target"]), ["'target' is a reserved column"]),
+    (dict(feature_columns=["bmi", 3]), ["feature_columns: item 1 must be a column name"]),
+    (dict(declared_copies="declared.json"), ["group 'x' is not in the samples"]),
+    (dict(group_metrics="gm.csv"), ["no rows with run == 'baseline'"]),
+    (dict(train_loss=-1.0), ["train_loss: must be in [0.0, inf]"]),
+    (dict(val_loss=math.inf), ["val_loss: must be finite"]),
+    (dict(seed=True), ["seed: expected an integer"]),
+    (dict(seed=-1), ["seed: must be in [0, inf]"]),
 ])
-def test_bad_inputs_raise_one_line(tmp_path, monkeypatch, kw, expected):
-    _files(tmp_path)
-    monkeypatch.chdir(tmp_path)
+def test_bad_inputs_raise_one_line(tmp_path, elsewhere, kw, expected):
+    _files(elsewhere)
     with pytest.raises(InputError) as e:
-        al.load_inputs(params(**{"samples": "ok.parquet", **kw}))
-    assert expected in str(e.value) and "\n" not in str(e.value)
+        pipeline(dx, **{**NONE, "samples": "ok.parquet", "output_dir": str(tmp_path / "out"), **kw})
+    assert all(part in str(e.value) for part in expected), str(e.value)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out" / "summary.json").exists()
 
 
-def test_feature_columns_as_text():
-    p = al.check_parameters(params(feature_columns="[bmi, bp]"))
-    assert p["feature_columns"] == ["bmi", "bp"]
-    assert al.check_parameters(params(feature_columns=""))["feature_columns"] == []
+def test_feature_columns_as_text(tmp_path):
+    df, _ = diabetes_frame()
+    df.to_parquet(tmp_path / "s.parquet")
+    p, run = dx.load_inputs(params(samples=str(tmp_path / "s.parquet"), feature_columns="[bmi, bp]"))
+    assert p["feature_columns"] == ["bmi", "bp"] and run.features == ["bmi", "bp"]
+    p, run = dx.load_inputs(params(samples=str(tmp_path / "s.parquet"), feature_columns=""))
+    assert p["feature_columns"] == [] and "bmi" in run.features

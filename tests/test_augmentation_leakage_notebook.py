@@ -1,11 +1,17 @@
-"""Notebook 05 under papermill: the sample run, runs made up here, and bad inputs in one line."""
+"""Notebook 05 under papermill: the sample run (executed once per suite), one run made up here, and a
+bad input in one line. Everything else is checked in-process in test_augmentation_leakage.py."""
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from face import pipeline
 from notebook_checks import failure_line
 from sklearn import datasets
 
+from helpers.augmentation_leakage import diagnosis as dx
+from helpers.augmentation_leakage import lab
+from helpers.findings import SAMPLE_BANNER, jsonable
 from helpers.runner.execute import execute
 
 pytestmark = pytest.mark.notebook
@@ -17,21 +23,37 @@ def status(summary):
     return {k: f["status"] for k, f in summary["findings"].items()}
 
 
-def test_sample_run_from_another_directory_and_deterministic(tmp_path, elsewhere):
-    summary = execute(NAME, {}, tmp_path / "out", cwd=elsewhere)
+@pytest.mark.xdist_group(NAME)
+def test_sample_run_from_another_directory(sample_execution):
+    summary, executed_path = sample_execution(NAME)
     assert set(status(summary).values()) == {"detected"}
+    assert list(summary["findings"]) == list(dx.FINDING_IDS)
     m = summary["metrics"]
     assert m["val_tier_share"]["hard"] == pytest.approx(0.65, abs=0.02)
     assert m["parent_leaked_share"] > 0.95 and m["near_duplicate_leaked_share"] > 0.9
-    lab = {(r["arrangement"][:3], r["noise"]): r for r in m["lab"]}
-    assert lab[("(a)", 0.02)]["val_over_test"] < 0.3 and lab[("(a)", 0.05)]["val_over_test"] < 0.5
-    assert lab[("(c)", 0.02)]["val_over_test"] > 0.8
+    labs = {(r["arrangement"][:3], r["noise"]): r for r in m["lab"]}
+    assert labs[("(a)", 0.02)]["val_over_test"] < 0.3 and labs[("(a)", 0.05)]["val_over_test"] < 0.5
+    assert labs[("(c)", 0.02)]["val_over_test"] > 0.8
     assert m["lab_noise_5pct_scan"]["with parent_id"]["detected"]
     assert summary["sample_run"] is True
-    assert len(list((tmp_path / "out" / "figures").glob("*.png"))) == 5
-    again = execute(NAME, {}, tmp_path / "again", cwd=elsewhere)
-    summary["parameters"].pop("output_dir"), again["parameters"].pop("output_dir")
-    assert summary == again
+    assert len(list((executed_path.parent / "figures").glob("*.png"))) == 5
+    # the first output after the versions line is the banner, loud about the bundled sample
+    executed = nbformat.read(executed_path, as_version=4)
+    streams = [o.text for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"]
+    assert streams[0].startswith("python ") and streams[1].startswith(SAMPLE_BANNER)
+    assert not any(o.output_type == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+
+
+@pytest.mark.xdist_group(NAME)
+def test_sample_run_is_deterministic_and_the_face_gives_the_notebooks_summary(sample_execution, tmp_path):
+    """The diagnosis in-process gives the executed notebook's findings and metrics; the lab too."""
+    summary, _ = sample_execution(NAME)
+    r = pipeline(dx, output_dir=str(tmp_path / "out"), write=False)
+    mine = r.summary.to_dict()
+    lab_keys = [k for k in summary["metrics"] if k.startswith("lab")]
+    assert mine["findings"] == summary["findings"]
+    assert mine["metrics"] == {k: v for k, v in summary["metrics"].items() if k not in lab_keys}
+    assert jsonable(lab.run(lab.LabConfig(seed=0)).to_dict(orient="records")) == summary["metrics"]["lab"]
 
 
 def test_made_up_clean_run_without_parents(tmp_path, elsewhere):
@@ -48,18 +70,8 @@ def test_made_up_clean_run_without_parents(tmp_path, elsewhere):
     assert summary["sample_run"] is False and "lab" not in summary["metrics"]
 
 
-def _bad(d):
-    pd.DataFrame({"x": [1.0, 2.0, np.inf], "split": ["train", "val", "train"]}).to_parquet(d / "inf.parquet")
-    pd.DataFrame({"x": [1.0, 2.0], "split": ["train", "train"]}).to_parquet(d / "noval.parquet")
-
-
-@pytest.mark.parametrize("params, expected", [
-    ({"samples": "missing.parquet"}, ["samples: ", "missing.parquet", "file not found"]),
-    ({"samples": "inf.parquet"}, ["samples: ", "inf.parquet", "column 'x' has 1 NaN/inf values"]),
-    ({"samples": "noval.parquet"}, ["no rows with split == 'val'"]),
-    ({"feature_columns": "[n, nope]"}, ["feature column 'nope' not found"]),
-])
-def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, params, expected):
-    _bad(elsewhere)
-    line = failure_line(NAME, {**params, "run_demos": False}, tmp_path / "out", cwd=elsewhere)
-    assert all(part in line for part in expected), line
+def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere):
+    """One papermill refusal; the others are checked in-process (test_augmentation_leakage.py)."""
+    pd.DataFrame({"x": [1.0, 2.0, np.inf], "split": ["train", "val", "train"]}).to_parquet(elsewhere / "inf.parquet")
+    line = failure_line(NAME, {"samples": "inf.parquet", "run_demos": False}, tmp_path / "out", cwd=elsewhere)
+    assert all(part in line for part in ["samples: ", "inf.parquet", "column 'x' has 1 NaN/inf values"]), line

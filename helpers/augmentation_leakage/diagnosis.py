@@ -5,6 +5,9 @@ Inputs (see docs/05_augmentation_leakage.md): a ``samples`` table (features, ``s
 ``declared_copies`` JSON, optional ``group_metrics`` table (``group``, ``run``, ``value``: a
 loss, lower is better) and the logged ``train_loss`` / ``val_loss``. The statistics live in
 :mod:`helpers.augmentation_leakage.leakage`.
+
+The face: :func:`load_inputs` (the one place parameters are checked and files read),
+:func:`describe_inputs`, :func:`diagnose`, :func:`findings` and :func:`metrics`.
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from helpers.augmentation_leakage import leakage as lk
-from helpers.findings import Finding, not_applicable
+from helpers.findings import Finding, input_files, not_applicable
+from helpers.findings import describe_inputs as describe_files
 from helpers.io import InputError, check_column, load_json, load_table, resolve_path
 from helpers.params import check_range, check_types
-from helpers.paths import DATA_SAMPLES
+from helpers.paths import DATA_SAMPLES, is_sample
 
 NOTEBOOK = "05_augmentation_leakage"
+FINDING_IDS = ("parent_leakage", "near_duplicate_leakage", "augmentation_mismatch", "val_composition_imbalance",
+               "group_degradation", "suspicious_train_val_gap")
 SAMPLE_DIR = DATA_SAMPLES / NOTEBOOK
 RESERVED = ("split", "group", "tier", "parent_id", "is_augmented", "sample_id", "target")
 OPTIONAL = {"group": "key", "tier": "key", "parent_id": "key", "is_augmented": "binary", "sample_id": "key",
@@ -51,7 +56,12 @@ MAX_PROXY_ROWS = 30_000
 # --------------------------------------------------------------------------- inputs
 @dataclass
 class Run:
-    """A run's validated inputs."""
+    """A run's validated inputs.
+
+    To diagnose a variant of the run (the samples re-split, or some columns dropped), keep
+    everything else and swap the table: ``dx.diagnose(dataclasses.replace(run, samples=s), params)``;
+    ``s`` keeps the ``split`` column and the run's ``features``.
+    """
 
     samples: pd.DataFrame
     features: list[str]
@@ -62,34 +72,14 @@ class Run:
     train_loss: float = math.nan
     val_loss: float = math.nan
     notes: list[str] = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)  # the files read: {parameter: path}, see helpers.findings.input_files
 
     def has(self, col: str) -> bool:
         return col in self.samples.columns
 
-    @property
-    def is_sample(self) -> bool:
-        return self.path.parent == SAMPLE_DIR.resolve()
 
-
-def parse_list(name: str, value) -> list:
-    """A list parameter, or a string holding a YAML/JSON list (papermill -p passes text)."""
-    if isinstance(value, str):
-        try:
-            value = yaml.safe_load(value) if value.strip() else []
-        except yaml.YAMLError as exc:
-            raise InputError(name, f"cannot be read as a list ({str(exc).splitlines()[0]})") from None
-        if value is None:
-            value = []
-    if not isinstance(value, list):
-        raise InputError(name, f"expected a list of column names, got {value!r}")
-    return value
-
-
-def check_parameters(params: Mapping) -> dict:
-    p = dict(params)
-    if "feature_columns" in p:
-        p["feature_columns"] = parse_list("feature_columns", p["feature_columns"])
-    p = check_types(p, PARAMETER_TYPES)
+def _check_parameters(params: Mapping) -> dict:
+    p = check_types(params, PARAMETER_TYPES)
     check_range("seed", p["seed"], 0, None)
     for name in ("train_loss", "val_loss"):
         if not math.isnan(p[name]):
@@ -181,25 +171,33 @@ def load_group_metrics(param: str, value, baseline_run: str, groups: list | None
 
 
 def load_inputs(params: Mapping) -> tuple[dict, Run]:
-    """Validated parameters and the run's inputs; any mistake is one :class:`InputError` line."""
-    p = check_parameters(params)
+    """Validated parameters and the run's inputs; any mistake is one :class:`InputError` line.
+
+    When ``samples`` is not the bundled sample run, companions still at the sample's defaults
+    (its declared copies, group metrics and logged losses) are ignored, and a note says so.
+    """
+    p = _check_parameters(params)
     df, features, path = load_samples("samples", p["samples"], p["feature_columns"])
     run = Run(df, features, path, baseline_run=p["baseline_run"], train_loss=p["train_loss"], val_loss=p["val_loss"])
     groups = sorted(df["group"].astype(str).unique()) if run.has("group") else None
     companions = _sample_companions(p)
-    if not run.is_sample and companions:
+    if not is_sample(run.path) and companions:
         # the defaults describe the bundled sample run, not this one
         run.notes.append(f"ignored the sample run's {', '.join(companions)}: 'samples' is not the sample run")
         for name in companions:
             p[name] = "" if isinstance(PARAMETER_TYPES[name](), str) else math.nan
         run.train_loss, run.val_loss = p["train_loss"], p["val_loss"]
+    read = {"samples": p["samples"]}
     if p["declared_copies"].strip():
         if groups is None:
             run.notes.append("declared_copies ignored: the samples have no 'group' column")
         else:
             run.declared = load_declared("declared_copies", p["declared_copies"], groups)
+            read["declared_copies"] = p["declared_copies"]
     if p["group_metrics"].strip():
         run.group_metrics = load_group_metrics("group_metrics", p["group_metrics"], p["baseline_run"], groups)
+        read["group_metrics"] = p["group_metrics"]
+    run.inputs = input_files(read)
     return p, run
 
 
@@ -217,7 +215,7 @@ def _sample_companions(p: dict) -> list[str]:
         v = p[name].strip()
         if v:
             try:
-                if resolve_path(name, v).parent == SAMPLE_DIR.resolve():
+                if is_sample(resolve_path(name, v)):
                     out.append(name)
             except InputError:
                 pass
@@ -229,24 +227,19 @@ def _sample_companions(p: dict) -> list[str]:
 
 
 def describe_inputs(run: Run) -> str:
-    """The first printed output: what was read, loudly when it is the bundled sample run."""
+    """The first printed output: the files read (loudly when they are the bundled sample run) and what they hold."""
     s = run.samples
     counts = s["split"].value_counts()
-    lines = []
-    if run.is_sample:
-        lines.append(f"*** THE BUNDLED SAMPLE RUN ({run.path.parent}) - pass -p samples <your table> for yours ***")
-    lines.append(f"samples: {run.path} ({len(s)} rows: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in SPLITS
-                                                                       if k in counts) + ")")
-    lines.append(f"features ({len(run.features)}): {', '.join(run.features[:8])}{' ...' if len(run.features) > 8 else ''}")
-    lines.append("optional columns: " + (", ".join(c for c in OPTIONAL if run.has(c)) or "none"))
-    lines.append(f"declared copies: {run.declared if run.declared is not None else 'not given'}")
-    if run.group_metrics is not None:
-        lines.append(f"group metrics: this run {run.group_metrics.attrs['this_run']!r} vs baseline {run.baseline_run!r}")
-    else:
-        lines.append("group metrics: not given")
-    lines.append(f"logged losses: train {run.train_loss}, val {run.val_loss}")
-    lines += [f"note: {n}" for n in run.notes]
-    return "\n".join(lines)
+    details = [
+        f"samples: {len(s)} rows (" + ", ".join(f"{k} {counts.get(k, 0)}" for k in SPLITS if k in counts) + ")",
+        f"features ({len(run.features)}): {', '.join(run.features[:8])}{' ...' if len(run.features) > 8 else ''}",
+        "optional columns: " + (", ".join(c for c in OPTIONAL if run.has(c)) or "none"),
+        f"declared copies: {run.declared if run.declared is not None else 'not given'}",
+        (f"group metrics: this run {run.group_metrics.attrs['this_run']!r} vs baseline {run.baseline_run!r}"
+         if run.group_metrics is not None else "group metrics: not given"),
+        f"logged losses: train {run.train_loss}, val {run.val_loss}",
+    ]
+    return describe_files(run.inputs, details=details, notes=run.notes)
 
 
 # --------------------------------------------------------------------------- diagnosis
@@ -262,7 +255,9 @@ class Diagnosis:
     gap: dict | None
 
 
-def diagnose(run: Run, seed: int = 0) -> Diagnosis:
+def diagnose(run: Run, params: Mapping) -> Diagnosis:
+    """Every measurement behind the findings; ``params["seed"]`` seeds the reference splits."""
+    seed = params["seed"]
     s = run.samples
     is_train, is_val = (s["split"] == "train").to_numpy(), (s["split"] == "val").to_numpy()
     x = lk.standardise(s[run.features].to_numpy())
@@ -335,11 +330,10 @@ def _proxy_gap(run: Run, x, is_train, is_val, scan, seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------- findings
-FINDING_IDS = ("parent_leakage", "near_duplicate_leakage", "augmentation_mismatch", "val_composition_imbalance",
-               "group_degradation", "suspicious_train_val_gap")
 
 
 def findings(d: Diagnosis) -> list[Finding]:
+    """One finding per entry of :data:`FINDING_IDS`, in that order."""
     return [_parent_finding(d), _near_dup_finding(d), _mismatch_finding(d), _composition_finding(d),
             _degradation_finding(d), _gap_finding(d)]
 
@@ -492,6 +486,7 @@ def _gap_finding(d: Diagnosis) -> Finding:
 
 # --------------------------------------------------------------------------- headline
 def metrics(d: Diagnosis) -> dict:
+    """The headline numbers of summary.json."""
     s = d.run.samples
     m = {"n_rows": len(s), "n_train": int((s["split"] == "train").sum()), "n_val": int((s["split"] == "val").sum()),
          "near_duplicate_leaked_share": d.scan.leaked_share, "near_duplicate_reference": d.scan.reference_kind,
