@@ -37,27 +37,28 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## create .venv, install helpers (editable) and the python3 kernel; idempotent
 
 run: setup ## execute a manifest (RUN=, default the sample runs) on dask into reports/<run>/<notebook>/
-	$(PY) -m helpers.runner.execute run $(RUN) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(FORCE),--force)
+	$(VENV)/bin/workbooks run $(RUN) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(FORCE),--force)
 
 compare: setup ## the findings whose status changed between two runs: make compare A=run1 B=run2
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=run1 B=run2"; exit 2; }
-	$(PY) -m helpers.runner.execute compare $(A) $(B)
+	$(VENV)/bin/workbooks compare $(A) $(B)
 
-test: setup ## lint, unit tests, notebook executions
+test: setup ## lint, import contracts, unit tests and notebook executions on both cores
 	$(VENV)/bin/ruff check helpers tests bench notebooks
-	$(PY) -m pytest
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 lab: setup ## open JupyterLab on this environment
 	$(VENV)/bin/jupyter lab notebooks
 
 data: setup ## regenerate data_samples/ from the seeded simulators
-	$(PY) -m helpers.runner.samples data_samples
+	$(VENV)/bin/workbooks data data_samples
 
 bench: setup ## speed and memory ratios against same-run baselines; table in reports/bench.md
 	$(PY) bench/run.py
 
 student: setup ## student copies of the notebooks (solution cells removed) in student/
-	$(PY) -m helpers.runner.execute student
+	$(VENV)/bin/workbooks student
 
 clean: ## remove generated reports, student copies and caches (keeps .venv)
 	rm -rf reports student bench/results .pytest_cache .ruff_cache

@@ -33,7 +33,8 @@ import psutil
 import yaml
 
 from helpers.runner.batch import Task, max_concurrency, run_tasks
-from helpers.runner.execute import DEFAULT_MANIFEST, notebook_names, run_manifest
+from helpers.runner.cli import DEFAULT_MANIFEST, run_manifest
+from helpers.runner.execute import notebook_names
 
 WORKERS = 2  # the default cluster of `make run`
 REPEATS = 2

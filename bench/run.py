@@ -147,7 +147,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the bench runs")
     parser.add_argument("--out", default=str(ROOT / "reports"), help="folder for bench.md and bench.json")
+    parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out (e.g. batch)")
     args = parser.parse_args(argv)
+    skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     from helpers.runner.execute import notebook_names
 
     jobs = []
@@ -159,11 +161,14 @@ def main(argv=None) -> int:
     for module in sorted(p.stem for p in HERE.glob("[a-z]*.py") if p.stem != "run"):
         # every bench/<module>.py exposes run(quick) -> rows
         jobs.append((module, lambda module=module: __import__(module).run(quick=args.quick)))
+    jobs = [(label, job) for label, job in jobs if label.split(" ")[0] not in skip]
     rows, broken = [], []
     for label, job in jobs:
         print(f"{label} ...", flush=True)
+        started = time.perf_counter()
         try:
             rows += job()
+            print(f"{label}: {time.perf_counter() - started:.1f} s", flush=True)
         except Exception as exc:  # a broken benchmark is reported, and the others still run
             broken.append(label)
             rows.append({"name": f"{label}: BROKEN", "value": float("nan"), "target": float("nan"),

@@ -11,7 +11,8 @@ os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "notebook: executes a notebook with papermill")
+    config.addinivalue_line("markers", "notebook: starts a kernel (papermill), a dask cluster or other worker "
+                                       "processes (torch.distributed, the benchmarks); `-m 'not notebook'` is the fast set")
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """Batch re-execution: manifests refused before anything runs, dask execution, report pages."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -13,7 +15,7 @@ import pytest
 
 from helpers.paths import DATA_SAMPLES
 from helpers.runner.batch import ManifestError, check_targets, load_manifest, max_concurrency
-from helpers.runner.execute import main, run_manifest
+from helpers.runner.cli import main, run_manifest
 
 
 def write(path, text):
@@ -56,35 +58,59 @@ def test_manifest_paths_are_taken_from_its_folder(tmp_path, elsewhere):
     check_targets(tasks, tmp_path / "reports", force=True)
 
 
-@pytest.mark.notebook
-def test_a_manifest_runs_on_a_local_cluster_and_one_failure_does_not_stop_the_others(tmp_path, capsys):
-    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not a parquet file")
-    m = write(tmp_path / "m.yaml", f"""
+@pytest.fixture(scope="session")
+def batch(tmp_path_factory):
+    """One manifest on the default local cluster (two workers), shared by the tests below (session scope:
+    under xdist the ``dask`` group runs on one worker, but not necessarily in a row): four tasks in three
+    runs, one of which fails on a broken file."""
+    tmp = tmp_path_factory.mktemp("batch")
+    (tmp / "broken.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    m = write(tmp / "m.yaml", f"""
 runs:
   good:
     01_r2_gap: {{run_demos: false}}
   bad:
-    01_r2_gap: {{predictions: {tmp_path / 'broken.parquet'}, run_demos: false}}
+    01_r2_gap: {{predictions: {tmp / 'broken.parquet'}, run_demos: false}}
     02_encoder_variance: {{run_demos: false, compare: "[]"}}
+  c1:
+    01_r2_gap: {{run_demos: false}}
 """)
-    reports = tmp_path / "reports"
-    assert run_manifest(m, reports, progress=False) == 1
-    out, err = capsys.readouterr()
+    reports = tmp / "reports"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_manifest(m, reports, progress=False)
+    record = json.loads((reports / "execution.json").read_text())
+    first = {nb: (reports / nb / "summary.json").read_bytes() for nb in ("good/01_r2_gap",)}
+    return {"tmp": tmp, "manifest": m, "reports": reports, "code": code, "out": out.getvalue(), "err": err.getvalue(),
+            "record": record, "first": first}
+
+
+@pytest.mark.notebook
+@pytest.mark.xdist_group("dask")
+def test_a_manifest_runs_on_a_local_cluster_and_one_failure_does_not_stop_the_others(batch, capsys):
+    reports, err = batch["reports"], batch["err"]
+    assert batch["code"] == 1
     assert "FAILED  bad/01_r2_gap: InputError: predictions: " in err and "cannot be read as a table" in err
     assert "1 notebook(s) failed: bad/01_r2_gap" in err
-    for nb in ("good/01_r2_gap", "bad/02_encoder_variance"):
+    for nb in ("good/01_r2_gap", "bad/02_encoder_variance", "c1/01_r2_gap"):
         assert (reports / nb / "summary.json").exists() and (reports / nb / f"{nb.split('/')[1]}.html").exists()
     assert not (reports / "bad" / "01_r2_gap" / "summary.json").exists()
     page = (reports / "bad" / "index.html").read_text()
     assert "FAILED: InputError: predictions: " in page and "stochasticity_collapsed" in page
     assert "good/index.html" in (reports / "index.html").read_text()
     table = pd.read_csv(reports / "findings.csv")
-    assert set(table["run"]) == {"good", "bad"}
+    assert set(table["run"]) == {"good", "bad", "c1"}
     assert table.query("run == 'good' and finding == 'unsynced_rank_metrics'")["status"].item() == "detected"
     # a second execution into the same reports is refused before anything runs
-    assert run_manifest(m, reports, progress=False) == 2
+    assert run_manifest(batch["manifest"], reports, progress=False) == 2
     assert "a report exists already" in capsys.readouterr().err
-    # the run comparison: 01 ran in 'good' only, so all its findings changed (present vs absent)
+
+
+@pytest.mark.notebook
+@pytest.mark.xdist_group("dask")
+def test_compare_lists_the_findings_whose_status_changed(batch, capsys):
+    reports = batch["reports"]
+    # 01 ran in 'good' only (it failed in 'bad'), so all its findings changed (present vs absent)
     assert main(["compare", "good", "bad", "--reports", str(reports)]) == 0
     cmp = capsys.readouterr().out
     assert "unsynced_rank_metrics" in cmp and "absent" in cmp
@@ -93,6 +119,33 @@ runs:
 
 
 @pytest.mark.notebook
+@pytest.mark.xdist_group("dask")
+def test_the_runner_bounds_concurrency_and_reexecution_gives_the_same_summaries(batch, capsys):
+    """Four tasks (three runs) on the default two workers: each recorded, never more than two at once;
+    then two of them again with --force: summary.json byte for byte the same."""
+    record, reports = batch["record"], batch["reports"]
+    tasks = record["tasks"]
+    assert sorted(f"{t['run']}/{t['notebook']}" for t in tasks) == sorted(
+        ["good/01_r2_gap", "bad/01_r2_gap", "bad/02_encoder_variance", "c1/01_r2_gap"])
+    assert sorted(t["status"] for t in tasks) == ["failed", "ok", "ok", "ok"]
+    assert all(t["worker"] and 0 <= t["start"] < t["end"] <= record["seconds"] for t in tasks)
+    assert record["slots"] == 2 and len({t["worker"] for t in tasks}) <= 2
+    assert max_concurrency(tasks) == record["max_concurrency"] == 2, tasks  # both workers busy, never more
+    assert "at most 2 of 2 worker threads busy at once" in batch["out"]
+    assert "last execution: 4 notebooks in " in (reports / "index.html").read_text()
+
+    again = write(batch["tmp"] / "again.yaml", "runs:\n  good:\n    01_r2_gap: {run_demos: false}\n")
+    assert main(["run", str(again), "--reports", str(reports), "--force"]) == 0
+    assert [(t["run"], t["notebook"]) for t in json.loads((reports / "execution.json").read_text())["tasks"]] == \
+        [("good", "01_r2_gap")]
+    before = batch["first"]["good/01_r2_gap"]
+    assert (reports / "good/01_r2_gap/summary.json").read_bytes() == before, "summary.json differs after re-execution"
+    # the other notebook of the first execution, run twice there (as c1 and good), gave the same bytes too
+    assert (reports / "c1/01_r2_gap/summary.json").read_bytes().replace(b"/c1/", b"/good/") == before
+
+
+@pytest.mark.notebook
+@pytest.mark.xdist_group("dask")
 def test_the_same_manifest_runs_on_an_external_dask_scheduler(tmp_path):
     """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
     bin_dir = os.path.dirname(sys.executable)
@@ -112,11 +165,9 @@ def test_the_same_manifest_runs_on_an_external_dask_scheduler(tmp_path):
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path))
         address = json.loads(sched_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:")
-        m = write(tmp_path / "m.yaml", "runs:\n  ext:\n    01_r2_gap: {run_demos: false}\n"
-                                       "    02_encoder_variance: {run_demos: false}\n")
+        m = write(tmp_path / "m.yaml", "runs:\n  ext:\n    02_encoder_variance: {run_demos: false}\n")
         assert run_manifest(m, tmp_path / "reports", scheduler=address, progress=False) == 0
-        for nb in ("01_r2_gap", "02_encoder_variance"):
-            assert (tmp_path / "reports" / "ext" / nb / "summary.json").exists()
+        assert (tmp_path / "reports" / "ext" / "02_encoder_variance" / "summary.json").exists()
         record = json.loads((tmp_path / "reports" / "execution.json").read_text())
         assert record["scheduler"] == address and 1 <= record["max_concurrency"] <= record["slots"] <= 2
     finally:
@@ -136,35 +187,6 @@ def test_max_concurrency_counts_overlapping_intervals():
     assert max_concurrency([{"start": None, "end": None}]) == 0 and max_concurrency([]) == 0
 
 
-@pytest.mark.notebook
-def test_the_runner_bounds_concurrency_and_reexecution_gives_the_same_summaries(tmp_path, capsys):
-    """Four tasks (three runs) on the default two workers: each recorded, never more than two at once;
-    then the sample run's two notebooks again with --force: summary.json byte for byte the same."""
-    cheap = "".join(f"  c{i}:\n    01_r2_gap: {{run_demos: false}}\n" for i in range(1, 3))
-    sample_run = "  samples:\n    01_r2_gap: {}\n    02_encoder_variance: {}\n"
-    reports = tmp_path / "reports"
-    assert run_manifest(write(tmp_path / "all.yaml", "runs:\n" + sample_run + cheap), reports, progress=False) == 0
-    record = json.loads((reports / "execution.json").read_text())
-    tasks = record["tasks"]
-    assert sorted(f"{t['run']}/{t['notebook']}" for t in tasks) == sorted(
-        [f"c{i}/01_r2_gap" for i in range(1, 3)] + ["samples/01_r2_gap", "samples/02_encoder_variance"])
-    assert all(t["status"] == "ok" and t["worker"] and 0 <= t["start"] < t["end"] <= record["seconds"] for t in tasks)
-    assert record["slots"] == 2 and len({t["worker"] for t in tasks}) <= 2
-    assert max_concurrency(tasks) == record["max_concurrency"] == 2, tasks  # both workers busy, never more
-    assert "at most 2 of 2 worker threads busy at once" in capsys.readouterr().out
-    assert "last execution: 4 notebooks in " in (reports / "index.html").read_text()
-
-    first = {nb: (reports / "samples" / nb / "summary.json").read_bytes()
-             for nb in ("01_r2_gap", "02_encoder_variance")}
-    assert main(["run", str(write(tmp_path / "samples.yaml", "runs:\n" + sample_run)), "--reports", str(reports),
-                 "--force"]) == 0
-    assert [(t["run"], t["notebook"]) for t in json.loads((reports / "execution.json").read_text())["tasks"]] == \
-        [("samples", "01_r2_gap"), ("samples", "02_encoder_variance")]
-    for nb, before in first.items():
-        again = (reports / "samples" / nb / "summary.json").read_bytes()
-        assert again == before, f"{nb}: summary.json differs after re-execution"
-
-
 def chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -177,33 +199,33 @@ def headless(*args, cwd):
 
 
 @pytest.mark.notebook
+@pytest.mark.xdist_group("dask")
 @pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_reports_render_offline_in_a_real_browser(tmp_path):
+def test_reports_render_offline_in_a_real_browser(batch, tmp_path):
     from PIL import Image
 
-    m = write(tmp_path / "m.yaml", "runs:\n  view:\n    01_r2_gap: {run_demos: false}\n")
-    reports = tmp_path / "reports"
-    assert run_manifest(m, reports, progress=False) == 0
+    reports = batch["reports"]
     shot = tmp_path / "index.png"
-    headless("--window-size=1200,1600", f"--screenshot={shot}", (reports / "view" / "index.html").as_uri(), cwd=tmp_path)
+    headless("--window-size=1200,1600", f"--screenshot={shot}", (reports / "good" / "index.html").as_uri(), cwd=tmp_path)
     image = Image.open(shot).convert("L")
     assert image.size == (1200, 1600)
     hist = image.histogram()
     assert max(hist) < 0.97 * sum(hist), "the page rendered blank"
-    dom = headless("--dump-dom", (reports / "view" / "index.html").as_uri(), cwd=tmp_path).stdout
+    dom = headless("--dump-dom", (reports / "good" / "index.html").as_uri(), cwd=tmp_path).stdout
     assert "unsynced_rank_metrics" in dom and "<img" in dom
     # the notebook's HTML: MathJax from the local copy typesets the formulas with no network
-    dom = headless("--virtual-time-budget=15000", "--dump-dom", (reports / "view" / "01_r2_gap" / "01_r2_gap.html").as_uri(),
+    dom = headless("--virtual-time-budget=15000", "--dump-dom", (reports / "good" / "01_r2_gap" / "01_r2_gap.html").as_uri(),
                    cwd=tmp_path).stdout
     assert 'class="MathJax_Display' in dom, "math not typeset"
-    fetched = re.findall(r'<(?:script|link)[^>]*(?:src|href)="(https?://[^"]+)"', (reports / "view" / "01_r2_gap" /
+    fetched = re.findall(r'<(?:script|link)[^>]*(?:src|href)="(https?://[^"]+)"', (reports / "good" / "01_r2_gap" /
                                                                                  "01_r2_gap.html").read_text())
     assert fetched == [], f"the page loads from the network: {fetched}"
 
 
 
 def test_samples_manifest_runs_every_notebook_on_its_defaults():
-    from helpers.runner.execute import DEFAULT_MANIFEST, notebook_names
+    from helpers.runner.cli import DEFAULT_MANIFEST
+    from helpers.runner.execute import notebook_names
 
     tasks = load_manifest(DEFAULT_MANIFEST)
     assert [t.notebook for t in tasks] == notebook_names()

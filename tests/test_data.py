@@ -78,12 +78,14 @@ def test_the_trained_samples_give_the_same_diagnosis(regenerated):
 
     for name in ("collapsed_variational", "deterministic", "healthy_variational"):
         runs = [ev.load_embeddings("embeddings", root / "02_encoder_variance" / f"{name}.npz") for root in (DATA_SAMPLES, out)]
-        assert statuses(ev.diagnose(runs[0])[1]) == statuses(ev.diagnose(runs[1])[1]), name
+        found = [ev.findings(ev.diagnose(ev.Run(r), {"seed": 0})) for r in runs]
+        assert statuses(found[0]) == statuses(found[1]), name
     diagnoses = []
     for root in (DATA_SAMPLES, out):
-        p, run, _ = cd.load_inputs({**cd_defaults(), "checkpoints": str(root / "03_checkpoint_divergence" /
-                                                                        "checkpoints.npz")})
-        diagnoses.append(cd.diagnose(run, rocking_curve.forward, p["last_k"], p["k_neighbours"]))
+        p, run = cd.load_inputs({**cd_defaults(), "checkpoints": str(root / "03_checkpoint_divergence" /
+                                                                     "checkpoints.npz")})
+        run.forward = rocking_curve.forward  # the sample's model, on the regenerated sample too
+        diagnoses.append(cd.diagnose(run, p))
     assert statuses(cd.findings(diagnoses[0])) == statuses(cd.findings(diagnoses[1]))
     assert (diagnoses[0].val_best_epoch, diagnoses[0].ideal_epoch) == (diagnoses[1].val_best_epoch,
                                                                       diagnoses[1].ideal_epoch)

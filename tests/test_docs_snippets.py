@@ -110,6 +110,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.notebook  # starts a torch.distributed process group of two processes
 def test_01_ddp_eval_loop(tmp_path):
     from helpers.r2_gap import diagnosis as r2_gap
 
@@ -136,14 +137,14 @@ def test_01_ddp_eval_loop(tmp_path):
     params = dict(predictions=str(tmp_path / "val_predictions.parquet"),
                   reported=str(tmp_path / "logged.json"), multioutput="flat", tolerance=1e-4,
                   n_bootstrap=200, lab_world_size=4, output_dir="", run_demos=False, seed=0)
-    p, table, reported = r2_gap.load_inputs(params)
+    p, run = r2_gap.load_inputs(params)
+    table = run.table
     # every sample, plus exactly the sampler's padding; each rank evaluated its half
     assert sorted(table["sample_id"].unique()) == list(range(n))
     assert len(table) == world * math.ceil(n / world)
     assert table.groupby("rank").size().to_dict() == {0: 51, 1: 51}
     assert set(table["session"]) == {0, 1, 2}
-    d = r2_gap.diagnose(table, reported, p["tolerance"], p["n_bootstrap"], p["seed"],
-                        p["multioutput"])
+    d = r2_gap.diagnose(run, p)
     assert d.padding["n_duplicate_rows"] == 1 and d.padding["n_unique_rows"] == n
     found = {f.id: f for f in r2_gap.findings(d)}
     assert found["sampler_padding_duplicates"].status == "detected"
@@ -177,9 +178,10 @@ def test_02_lightning_predict(out_dir):
     run_snippet("02_encoder_variance", {"encoder": encoder, "loader": loader,
                                         "out_dir": str(out_dir)})
 
-    run, others = ev.load_inputs({"embeddings": str(out_dir / "embeddings.npz"), "compare": [],
-                                  "output_dir": "", "run_demos": False, "seed": 0})
-    assert others == {}
+    p, loaded = ev.load_inputs({"embeddings": str(out_dir / "embeddings.npz"), "compare": [],
+                                "output_dir": "", "run_demos": False, "seed": 0})
+    assert loaded.others == {}
+    run = loaded.main
     n = puzzles * per_puzzle
     assert run.z.shape == (n, 4) and run.logvar.shape == (n, 4)
     assert run.z_samples.shape[0] == n and run.z_samples.shape[2:] == (4,)
@@ -189,7 +191,7 @@ def test_02_lightning_predict(out_dir):
         mu, _ = encoder(x)
     np.testing.assert_allclose(run.z, mu.numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(run.z_samples[:, 0], run.z_samples[:, 1])  # the passes differ
-    found = {f.id: f for f in ev.findings(ev.measure(run))}
+    found = {f.id: f for f in ev.findings(ev.diagnose(loaded, p))}
     assert found["sampling_noise_dominates"].status != "not_applicable"
     assert found["stochasticity_collapsed"].status != "not_applicable"
 
@@ -246,8 +248,8 @@ def test_03_lightning_checkpoints(out_dir):
                   checkpoint_files=str(out_dir / "checkpoints" / "*.ckpt"),
                   validation=str(out_dir / "validation.npz"), last_k=3, k_neighbours=5,
                   output_dir="", run_demos=False, seed=0)
-    p, run, forward = cd.load_inputs(params)
-    assert forward is None
+    p, run = cd.load_inputs(params)
+    assert run.forward is None
     assert run.n_checkpoints == epochs and run.epoch.tolist() == list(range(epochs))
     assert run.val_loss_source == "the checkpoints' 'val_loss' entries"
     assert run.n == 60 and run.train_target.shape == (160, 2)
@@ -255,7 +257,7 @@ def test_03_lightning_checkpoints(out_dir):
     with torch.no_grad():  # the last checkpoint holds the final weights
         final = lit_model.model.eval()(x_val).numpy()
     np.testing.assert_allclose(run.pred[-1], final, rtol=1e-5, atol=1e-6)
-    d = cd.diagnose(run, forward, p["last_k"], p["k_neighbours"], p["seed"])
+    d = cd.diagnose(run, p)
     assert d.val_best_epoch == int(run.epoch[np.argmin(run.val_loss)])
     assert {f.id for f in cd.findings(d)} == set(cd.FINDING_IDS)
     assert len(d.remedies)
@@ -326,7 +328,7 @@ def test_04_huggingface_trainer(out_dir, monkeypatch):
     assert sorted(inputs.scores["epoch"].unique()) == trained
     assert inputs.scores.groupby("epoch").size().eq(len(val_ds)).all()
     assert inputs.has_scores and inputs.has_logits
-    d = rc.diagnose(inputs, p["fpr_targets"], p["tpr_targets"], p["n_bootstrap"], p["seed"])
+    d = rc.diagnose(inputs, p)
     assert d.epochs == trained and d.n_pos == int(val_ds.labels.sum())
     found = {f.id: f for f in rc.findings(d)}
     # the eval_tpr@fpr0.1 logged at each epoch is recomputed from that epoch's exported scores
@@ -366,7 +368,7 @@ def test_05_augmented_dataset(out_dir):
     np.testing.assert_allclose(s.loc[s["split"] == "val", features].to_numpy(), val_x, rtol=1e-6)
     train_parents = set(parent_id[train_set.indices].tolist())
     leaked = sum(int(parent_id[i]) in train_parents for i in val_set.indices)
-    d = al.diagnose(run, p["seed"])
+    d = al.diagnose(run, p)
     found = {f.id: f for f in al.findings(d)}
     assert found["parent_leakage"].status == "detected"
     assert found["parent_leakage"].evidence["n_leaked_rows"] == leaked > 0

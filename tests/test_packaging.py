@@ -65,3 +65,51 @@ def test_every_notebook_parameter_is_documented():
         doc = (REPO_ROOT / "docs" / f"{name}.md").read_text()
         for param in set(pm.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb"))) - common:
             assert f"`{param}`" in doc, f"docs/{name}.md does not document parameter '{param}'"
+
+
+DOTTED = re.compile(r"\bhelpers(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+WHERE_PATHS_ARE_NAMED = ("README.md", "Makefile", "pyproject.toml", "docs/*.md", "notebooks/*.ipynb", "tests/*.py",
+                         "bench/*.py", "manifests/*.yaml", "data_samples/**/*.py", "helpers/**/*.py")
+
+
+def test_every_named_helpers_path_exists():
+    """Every dotted ``helpers`` path the README, docs, Makefile, notebooks, tests and bench name is importable
+    (a module, or an attribute of one): nothing points at a module path that no longer exists."""
+    import importlib
+
+    named = set()
+    for pattern in WHERE_PATHS_ARE_NAMED:
+        for path in REPO_ROOT.glob(pattern):
+            named |= {(m, path.relative_to(REPO_ROOT)) for m in DOTTED.findall(path.read_text())}
+    missing = []
+    for dotted, where in sorted(named):
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):  # the longest importable module, then attributes of it
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ModuleNotFoundError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, None)
+            if obj is None and i < len(parts) and parts[i] not in ("__version__",):
+                missing.append(f"{where}: {dotted}")
+            break
+        else:
+            missing.append(f"{where}: {dotted}")
+    assert len(named) > 20 and not missing, missing
+
+
+def test_the_console_command_is_declared_and_the_makefile_uses_it():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["workbooks"] == "helpers.runner.cli:main"
+    text = (REPO_ROOT / "Makefile").read_text()
+    for command in ("workbooks run", "workbooks compare", "workbooks data", "lint-imports"):
+        assert command in text, command
+
+
+def test_import_contracts_cover_the_design_rules():
+    """independence, layers, forbidden (one per notebook package) and no cycles, each a contract."""
+    contracts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    kinds = [c["type"] for c in contracts]
+    assert kinds.count("independence") == 1 and kinds.count("layers") == 1
+    assert kinds.count("forbidden") == 5 and kinds.count("acyclic_siblings") == 1

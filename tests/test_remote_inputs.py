@@ -10,11 +10,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pandas as pd
 import pytest
+from face import defaults, pipeline
 
-from helpers import io
+from helpers import history, io
 from helpers.findings import input_files
 from helpers.io import InputError
-from helpers.paths import DATA_SAMPLES, REPO_ROOT
+from helpers.paths import DATA_SAMPLES
 
 DEFAULTS = {
     "01_r2_gap": {"predictions": "predictions.parquet", "reported": "reported.json"},
@@ -67,8 +68,8 @@ def test_arrays_json_and_history_read_over_http(http_root):
             np.testing.assert_array_equal(got[k], ref[k])
     assert io.load_json("reported", http_root + "01_r2_gap/reported.json") == \
         json.loads((DATA_SAMPLES / "01_r2_gap" / "reported.json").read_text())
-    pd.testing.assert_frame_equal(io.load_history("history", http_root + "04_roc_collapse/history.json"),
-                                  io.load_history("history", DATA_SAMPLES / "04_roc_collapse" / "history.json"))
+    pd.testing.assert_frame_equal(history.load_history("history", http_root + "04_roc_collapse/history.json"),
+                                  history.load_history("history", DATA_SAMPLES / "04_roc_collapse" / "history.json"))
 
 
 @pytest.mark.parametrize("value, fault", [
@@ -93,7 +94,7 @@ def test_code_is_never_imported_from_a_url(http_root):
 
 
 def test_a_checkpoint_glob_over_http_fetches_every_match(http_root):
-    from helpers.checkpoint_divergence.diagnosis import resolve_glob
+    from helpers.checkpoint_divergence.checkpoint_files import resolve_glob
 
     local = resolve_glob("checkpoint_files", "data_samples/03_checkpoint_divergence/checkpoints/*.pt")
     remote = resolve_glob("checkpoint_files", f"{http_root}03_checkpoint_divergence/checkpoints/*.pt")
@@ -109,7 +110,7 @@ def test_every_notebook_loads_its_run_from_urls(http_root, notebook):
 
     assert sorted(DEFAULTS) == notebook_names()
     module = importlib.import_module("helpers." + notebook.split("_", 1)[1] + ".diagnosis")
-    params = _defaults(notebook)
+    params = dict(defaults(notebook))
     params.update(as_urls(notebook, http_root))
     out = module.load_inputs(params)
     assert out is not None
@@ -119,23 +120,16 @@ def test_every_notebook_loads_its_run_from_urls(http_root, notebook):
     assert sorted(recorded.values()) == sorted(flat)  # the summary names the URLs, not the local copies
 
 
-def _defaults(notebook: str) -> dict:
-    """The parameters cell's values (Python literals)."""
-    import ast
-
-    import papermill as pm
-
-    found = pm.inspect_notebook(str(REPO_ROOT / "notebooks" / f"{notebook}.ipynb"))
-    return {name: ast.literal_eval(spec["default"]) for name, spec in found.items()}
-
-
+@pytest.mark.notebook
 def test_a_notebook_runs_end_to_end_over_http(http_root, tmp_path):
-    """02 on the sample run served over HTTP: same verdicts as from the local files; summary names the URLs."""
+    """02 on the sample run served over HTTP, executed by papermill: the same verdicts and metrics as the
+    pipeline on the local files; the summary names the URLs."""
+    from helpers.encoder_variance import diagnosis as dx
     from helpers.runner.execute import execute
 
     urls = as_urls("02_encoder_variance", http_root)
     remote = execute("02_encoder_variance", {**urls, "run_demos": False}, tmp_path / "http")
-    local = execute("02_encoder_variance", {"run_demos": False}, tmp_path / "local")
+    local = pipeline(dx, output_dir=str(tmp_path / "local")).summary.to_dict()
     assert remote["inputs"] == {"embeddings": urls["embeddings"], "compare[0]": urls["compare"][0],
                                 "compare[1]": urls["compare"][1]}
     assert remote["sample_run"] is False and local["sample_run"] is True
@@ -146,10 +140,10 @@ def test_a_notebook_runs_end_to_end_over_http(http_root, tmp_path):
 
 def test_a_file_url_is_the_local_file(tmp_path):
     """01 with file:// URLs reads the sample's files; the summary records their paths and calls them the sample."""
-    from helpers.runner.execute import execute
+    from helpers.r2_gap import diagnosis as dx
 
     folder = DATA_SAMPLES / "01_r2_gap"
-    s = execute("01_r2_gap", {"predictions": (folder / "predictions.parquet").as_uri(),
-                              "reported": (folder / "reported.json").as_uri(), "run_demos": False}, tmp_path)
+    s = pipeline(dx, predictions=(folder / "predictions.parquet").as_uri(),
+                 reported=(folder / "reported.json").as_uri(), output_dir=str(tmp_path)).summary.to_dict()
     assert s["sample_run"] is True
     assert s["inputs"]["predictions"] == str((folder / "predictions.parquet").resolve())

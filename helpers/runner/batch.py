@@ -33,7 +33,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from helpers.paths import NOTEBOOKS, REPO_ROOT, REPORTS
+from helpers.paths import NOTEBOOKS, REPORTS, candidates
 from helpers.runner.execute import notebook_names
 
 FILE_SUFFIXES = (".parquet", ".csv", ".npz", ".json", ".pt", ".pth", ".ckpt", ".py", ".yaml", ".yml")
@@ -59,6 +59,7 @@ class Task:
     notebook: str
     parameters: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # the notebook file to execute, if not notebooks/<notebook>.ipynb (bench/batch.py)
+    cell_timeout: float | None = None  # seconds any one cell may run before the task fails
 
     @property
     def key(self) -> str:
@@ -73,8 +74,15 @@ def declared_parameters(notebook: str) -> dict[str, dict]:
     return pm.inspect_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"))
 
 
-def load_manifest(path: str | Path) -> list[Task]:
-    """Parse and validate a manifest; relative file paths become absolute. Raises ManifestError."""
+DEFAULT_CELL_TIMEOUT = 1800.0  # seconds per cell: bounds a hang (user code stuck in C, a deadlock) in a batch
+
+
+def load_manifest(path: str | Path, cell_timeout: float | None = None) -> list[Task]:
+    """Parse and validate a manifest; relative file paths become absolute. Raises ManifestError.
+
+    Each task's per-cell timeout is ``cell_timeout`` when given (the command line), else the
+    manifest's top-level ``cell_timeout:`` (seconds), else :data:`DEFAULT_CELL_TIMEOUT`.
+    """
     import yaml
 
     path = Path(path)
@@ -86,9 +94,12 @@ def load_manifest(path: str | Path) -> list[Task]:
         raise ManifestError(path, f"is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("runs"), dict) or not data["runs"]:
         raise ManifestError(path, "expected a mapping 'runs:' of run names to {notebook: {parameter: value}}")
-    unknown_top = [k for k in data if k != "runs"]
+    unknown_top = [k for k in data if k not in ("runs", "cell_timeout")]
     if unknown_top:
-        raise ManifestError(path, f"unknown top-level key '{unknown_top[0]}' (only 'runs' is read)")
+        raise ManifestError(path, f"unknown top-level key '{unknown_top[0]}' (only 'runs' and 'cell_timeout' are read)")
+    timeout = data.get("cell_timeout", DEFAULT_CELL_TIMEOUT) if cell_timeout is None else cell_timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ManifestError(path, f"cell_timeout must be a positive number of seconds, got {timeout!r}", key="cell_timeout")
     names = notebook_names()
     tasks = []
     for run, notebooks in data["runs"].items():
@@ -106,7 +117,8 @@ def load_manifest(path: str | Path) -> list[Task]:
             overrides = {} if overrides is None else overrides
             if not isinstance(overrides, dict):
                 raise ManifestError(path, "expected a mapping of parameter overrides", run=run, notebook=nb)
-            tasks.append(Task(run, nb, {str(k): _check_value(path, run, nb, str(k), v) for k, v in overrides.items()}))
+            tasks.append(Task(run, nb, {str(k): _check_value(path, run, nb, str(k), v) for k, v in overrides.items()},
+                              cell_timeout=float(timeout)))
     return tasks
 
 
@@ -141,11 +153,10 @@ def _check_value(manifest: Path, run: str, nb: str, key: str, value: Any) -> Any
 
 
 def _resolve(base: Path, target: str) -> str | None:
-    """An absolute path (or glob) for ``target``: manifest folder, then working directory, then repo root."""
+    """An absolute path (or glob) for ``target``: the manifest's folder first, then where the notebooks
+    look (:func:`helpers.paths.candidates`: working directory, then repository root)."""
     p = Path(target).expanduser()
-    bases = [None] if p.is_absolute() else [base, Path.cwd(), REPO_ROOT]
-    for b in bases:
-        cand = p if b is None else (b / p)
+    for cand in ([] if p.is_absolute() else [base / p]) + candidates(p):
         if any(c in target for c in "*?["):
             if glob.glob(str(cand)):
                 return str(cand.absolute())
@@ -191,7 +202,8 @@ def execute_task(task: Task, reports: str) -> dict:
     t0 = time.perf_counter()
     result = {"run": task.run, "notebook": task.notebook, "dir": str(out), "error": None, "worker": _worker_name()}
     try:
-        execute(task.notebook, task.parameters, out, html=True, source=task.source)
+        execute(task.notebook, task.parameters, out, html=True, source=task.source, reports=reports,
+                cell_timeout=task.cell_timeout)
         result["status"] = "ok"
     except NotebookFailed as exc:
         result.update(status="failed", error=exc.line)

@@ -72,8 +72,10 @@ def findings_table(reports: Path) -> pd.DataFrame:
         summary = json.loads(path.read_text())
         for fid, f in summary["findings"].items():
             rows.append({"run": run, "notebook": nb, "finding": fid, "status": f["status"], "severity": f["severity"],
-                         "message": f["message"], "evidence": json.dumps(f.get("evidence", {}), sort_keys=True)})
-    return pd.DataFrame(rows, columns=["run", "notebook", "finding", "status", "severity", "message", "evidence"])
+                         "message": f["message"], "action": f.get("action", ""),
+                         "evidence": json.dumps(f.get("evidence", {}), sort_keys=True)})
+    return pd.DataFrame(rows, columns=["run", "notebook", "finding", "status", "severity", "message", "action",
+                                       "evidence"])
 
 
 def compare_runs(reports: Path, a: str, b: str) -> pd.DataFrame:
@@ -101,6 +103,12 @@ th,td{border:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:
 th{background:#f4f4f6} .status{font-weight:600;white-space:nowrap}
 .failed{background:#fdecea;border:1px solid #b3261e;padding:.6rem;font-family:monospace}
 .figs img{max-width:32%;margin:.2rem;border:1px solid #eee} .meta{color:#555;font-size:.85rem}
+.grid{width:auto;font-size:.78rem} .grid th.f{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap;
+font-weight:500;padding:.4rem .2rem} .grid td.c{text-align:center;padding:0;width:1.6rem;height:1.6rem}
+.grid td.c a{display:block;width:100%;height:100%;text-decoration:none;color:inherit;line-height:1.6rem}
+.c.critical{background:#b3261e;color:#fff} .c.warning{background:#f2a33a} .c.info{background:#f7e7a1}
+.c.not_detected{background:#cfe8d5} .c.not_applicable{background:#eee} .c.absent{background:#fff}
+.grid .count td{font-weight:600;text-align:center} .legend span{display:inline-block;padding:.1rem .5rem;margin-right:.3rem}
 """
 
 
@@ -160,11 +168,50 @@ def write_root_index(reports: Path) -> Path:
                     f"<td>{len(results)}</td><td>{detected}</td><td>{critical}</td>"
                     f"<td>{html.escape(', '.join(failed)) or '-'}</td></tr>")
     body = ("<h1>Diagnostic reports</h1><table><tr><th>run</th><th>notebooks</th><th>findings detected</th>"
-            "<th>critical</th><th>failed</th></tr>" + "".join(rows) + "</table>"
+            "<th>critical</th><th>failed</th></tr>" + "".join(rows) + "</table>" + findings_grid(reports) +
             "<p class=\"meta\">findings.csv: one row per (run, notebook, finding).</p>" + _last_execution(reports))
     path = reports / "index.html"
     path.write_text(_page("Diagnostic reports", body))
     return path
+
+
+_MARK = {"critical": "&#9632;", "warning": "&#9650;", "info": "&#9679;", "not_detected": "&#10003;",
+         "not_applicable": "&ndash;", "absent": ""}
+
+
+def findings_grid(reports: Path) -> str:
+    """Runs x findings: one coloured cell per (run, notebook, finding), detected cells by severity,
+    each linking to that notebook's page; a first row counts the runs where each finding was detected."""
+    table = findings_table(reports)
+    if table.empty:
+        return ""
+    columns = table[["notebook", "finding"]].drop_duplicates().sort_values(["notebook"], kind="stable")
+    columns = list(columns.itertuples(index=False, name=None))
+    runs = sorted(table["run"].unique())
+    cell = {(r.run, r.notebook, r.finding): r for r in table.itertuples(index=False)}
+    notebooks = [(nb, sum(1 for n, _ in columns if n == nb)) for nb in dict.fromkeys(n for n, _ in columns)]
+    head1 = "<tr><th rowspan=\"2\">run</th>" + "".join(
+        f"<th colspan=\"{k}\">{html.escape(nb)}</th>" for nb, k in notebooks) + "</tr>"
+    head2 = "<tr>" + "".join(f"<th class=\"f\">{html.escape(fid)}</th>" for _, fid in columns) + "</tr>"
+    counts = "<tr class=\"count\"><td>detected in</td>" + "".join(
+        f"<td>{sum(1 for run in runs if (r := cell.get((run, nb, fid))) is not None and r.status == 'detected')}</td>"
+        for nb, fid in columns) + "</tr>"
+    body = []
+    for run in runs:
+        tds = []
+        for nb, fid in columns:
+            r = cell.get((run, nb, fid))
+            kind = "absent" if r is None else (r.severity if r.status == "detected" else r.status)
+            title = "no report" if r is None else f"{fid}: {r.status} ({r.severity}): {r.message}"
+            link = f"{run}/{nb}/{nb}.html"
+            inner = _MARK[kind] if r is None else f"<a href=\"{html.escape(link)}\" title=\"{html.escape(title)}\">{_MARK[kind]}</a>"
+            tds.append(f"<td class=\"c {kind}\">{inner}</td>")
+        body.append(f"<tr><td><a href=\"{html.escape(run)}/index.html\">{html.escape(run)}</a></td>{''.join(tds)}</tr>")
+    legend = "".join(f"<span class=\"c {k}\">{_MARK[k]} {k.replace('_', ' ')}</span>"
+                     for k in ("critical", "warning", "info", "not_detected", "not_applicable"))
+    return ("<h2>Which runs share which finding</h2><p class=\"legend meta\">" + legend +
+            " (detected findings by severity; a cell links to the notebook's page)</p><table class=\"grid\">" +
+            head1 + head2 + counts + "".join(body) + "</table>")
 
 
 def _last_execution(reports: Path) -> str:

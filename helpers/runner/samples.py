@@ -1,4 +1,4 @@
-"""``python -m helpers.runner.samples [OUT_DIR]``: regenerate every sample run (``make data``).
+"""Regenerating every sample run from the seeded simulators (``workbooks data``, ``make data``).
 
 Every notebook package's ``simulate`` module that defines ``NOTEBOOK`` (the notebook's stem)
 and ``write(out_dir) -> list[Path]`` makes that notebook's sample run in
@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
-import sys
 from pathlib import Path
 
 from helpers.paths import DATA_SAMPLES
@@ -35,8 +34,3 @@ def main(out: Path = DATA_SAMPLES) -> list[Path]:
     for name, write in writers().items():
         written += write(Path(out) / name)
     return written
-
-
-if __name__ == "__main__":
-    for p in main(Path(sys.argv[1]) if len(sys.argv) > 1 else DATA_SAMPLES):
-        print(f"wrote {p} ({p.stat().st_size / 1024:.1f} KiB)")
