@@ -32,6 +32,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip 2>&1 | $(QUIET)
 	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | $(QUIET)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (workbooks)" >/dev/null
+	$(PY) -m helpers.runner.kernel >/dev/null
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv, install helpers (editable) and the python3 kernel; idempotent

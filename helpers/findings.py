@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each finding carries its action; a top-level 'dropped'
 Status = Literal["detected", "not_detected", "not_applicable"]
 Severity = Literal["critical", "warning", "info"]
 STATUSES = ("detected", "not_detected", "not_applicable")
@@ -27,6 +27,7 @@ class Finding:
     severity: Severity
     message: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    action: str = ""  # what to change in the training code, with the number behind it ("" unless detected)
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -37,6 +38,8 @@ class Finding:
             raise ValueError(f"{self.id}: a finding that was not detected has severity 'info', got {self.severity!r}")
         if not self.message or "\n" in self.message:
             raise ValueError("message must be one non-empty line")
+        if self.status != "detected" and self.action:
+            raise ValueError(f"{self.id}: only a detected finding carries an action")
 
     @property
     def detected(self) -> bool:
@@ -53,11 +56,16 @@ def not_applicable(finding_id: str, message: str, severity: Severity = "info") -
 
 
 class Summary:
-    """Collects a notebook's parameters, findings and headline metrics; writes summary.json."""
+    """Collects a notebook's parameters, findings and headline metrics; writes summary.json.
 
-    def __init__(self, notebook: str, parameters: dict[str, Any]):
+    ``dropped``: the optional inputs left at the bundled sample's value and not used
+    (:func:`helpers.params.drop_sample_companions`), each with how to give yours.
+    """
+
+    def __init__(self, notebook: str, parameters: dict[str, Any], dropped: dict[str, str] | None = None):
         self.notebook = notebook
         self.parameters = dict(parameters)
+        self.dropped = dict(dropped or {})
         self.findings: dict[str, Finding] = {}
         self.metrics: dict[str, Any] = {}
         self.inputs = input_files(self.parameters)
@@ -86,6 +94,7 @@ class Summary:
             "sample_run": self.sample_run,
             "findings": {k: {kk: vv for kk, vv in asdict(f).items() if kk != "id"} for k, f in self.findings.items()},
             "metrics": self.metrics,
+            "dropped": self.dropped,
         })
 
     def write(self, output_dir: str | Path) -> Path:
@@ -113,7 +122,7 @@ SAMPLE_BANNER = (">>> These are the BUNDLED SAMPLE RUN's files, not your run: ov
                  "(papermill -p NAME FILE) to diagnose yours. <<<")
 
 
-def describe_inputs(inputs: dict[str, Path | str], details=(), notes=()) -> str:
+def describe_inputs(inputs: dict[str, Path | str], details=(), notes=(), dropped: dict[str, str] | None = None) -> str:
     """The one "which files were read" banner every notebook prints first.
 
     ``inputs`` maps parameters to the files they named (see :func:`input_files`; a list or glob
@@ -134,16 +143,49 @@ def describe_inputs(inputs: dict[str, Path | str], details=(), notes=()) -> str:
     head = [SAMPLE_BANNER] if sample and len(sample) == len(groups) else []
     tail = [f"note: {', '.join(sample)} still point(s) at the bundled sample run"] if sample and head == [] else []
     body = ["inputs read:", *lines] if lines else ["inputs read: none"]
-    return "\n".join([*head, *body, *(f"  {d}" for d in details), *tail, *(f"note: {n}" for n in notes)])
+    unused = [f"not used: {name} ({how})" for name, how in (dropped or {}).items()]
+    return "\n".join([*head, *body, *(f"  {d}" for d in details), *tail, *(f"note: {n}" for n in notes), *unused])
+
+
+WRITTEN = ".written.json"  # in an output directory: the files the last execution wrote there
+
+
+def record_written(output_dir: str | Path, path: str | Path) -> None:
+    """Note that an execution wrote ``path`` into ``output_dir`` (so that the next one removes it)."""
+    record = Path(output_dir) / WRITTEN
+    try:
+        names = json.loads(record.read_text()) if record.exists() else []
+    except ValueError:
+        names = []
+    rel = Path(path).resolve().relative_to(Path(output_dir).resolve()).as_posix()
+    if rel not in names:
+        record.write_text(json.dumps(names + [rel], indent=0) + "\n")
+
+
+def _remove_written(out: Path) -> None:
+    """Remove the files the previous execution recorded as its own, and nothing else."""
+    record = out / WRITTEN
+    try:
+        names = json.loads(record.read_text()) if record.exists() else []
+    except ValueError:
+        names = []
+    root = out.resolve()
+    for name in names if isinstance(names, list) else []:
+        path = (root / str(name)).resolve()
+        if path.is_relative_to(root) and path.is_file():  # never outside the output directory
+            path.unlink()
+    record.unlink(missing_ok=True)
 
 
 def start_output(notebook: str, output_dir: Any = "") -> Path:
     """Where an execution writes summary.json and figures (see :func:`helpers.paths.output_dir_for`),
-    with an earlier execution's summary.json removed.
+    with what the previous execution wrote there removed.
 
     A notebook calls this first, before it checks its inputs: a summary.json in the directory is
     then always this execution's, written by :meth:`Summary.write` when it completes, and a run
     that stops on a bad input leaves none behind (not an older one that looks like its result).
+    The figures an earlier execution saved there (recorded in ``.written.json``) go too, so a
+    re-run never leaves a stale figure beside the new ones; files it did not write stay.
     """
     from helpers.io import InputError
     from helpers.paths import output_dir_for
@@ -153,6 +195,7 @@ def start_output(notebook: str, output_dir: Any = "") -> Path:
     try:
         out = output_dir_for(notebook, output_dir)
         (out / "summary.json").unlink(missing_ok=True)
+        _remove_written(out)
     except OSError as exc:
         where = Path(exc.filename) if getattr(exc, "filename", None) else Path(str(output_dir))
         what = "is a file, expected a directory" if where.is_file() else \
@@ -188,6 +231,31 @@ def input_files(parameters: dict[str, Any]) -> dict[str, Path | str]:
             if path is not None:
                 out[key] = path
     return out
+
+
+def what_to_change(findings, support: dict[str, str] | None = None, checks: int | None = None) -> str:
+    """"What to change in your training code", as Markdown, from the run's DETECTED findings only.
+
+    Ordered by severity; each item is the finding's action (which carries the measurement behind
+    it), then ``support[finding_id]`` when given (what the notebook's lab measured for that fix).
+    On a run where nothing was detected it says there is nothing to change. Text is escaped: an
+    action may quote a group name or a column from the user's files.
+    """
+    import html
+
+    found = [f for f in findings if f.detected]
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    found.sort(key=lambda f: order[f.severity])
+    if not found:
+        n = f"{checks} " if checks else ""
+        return ("**Nothing to change.** None of this notebook's " + n + "checks found a problem in this run; "
+                "the verdict table above lists what was checked.")
+    lines = []
+    for i, f in enumerate(found, 1):
+        extra = (support or {}).get(f.id, "")
+        lines.append(f"{i}. **{html.escape(f.id)}** ({f.severity}): {html.escape(f.action)}"
+                     + (f" *Measured in the lab:* {html.escape(extra)}" if extra else ""))
+    return "\n".join(lines)
 
 
 def verdict_table(findings) -> pd.DataFrame:

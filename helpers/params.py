@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,70 @@ def check_range(name: str, value: float, low: float | None = None, high: float |
         raise InputError(name, f"must be in [{lo}, {hi}], got {value!r}")
 
 
-def load_callable(name: str, spec: str) -> Callable:
-    """Import ``"pkg.mod:fn"`` or ``"path/to/file.py:fn"`` and return the callable."""
+class CallableTimeout(BaseException):
+    """A user's callable ran past ``callable_timeout``.
+
+    A BaseException, not an Exception: neither the user's own ``except Exception`` inside the
+    callable nor ours around it can swallow it. Jupyter and papermill show it as one line.
+    """
+
+    def __init__(self, param: str, seconds: float):
+        self.param, self.seconds = param, seconds
+        super().__init__(f"{param}: did not return within {seconds:g} s (callable_timeout); it may loop or wait "
+                         "forever: fix it, or raise callable_timeout if it is only slow")
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"InputError: {self}"]
+
+
+@contextmanager
+def time_limit(param: str, seconds: float | None):
+    """Raise :class:`CallableTimeout` naming ``param`` when the block runs past ``seconds``.
+
+    SIGALRM, so it needs the main thread (a kernel's cells run there; elsewhere it does nothing).
+    An enclosing timer (a test's own deadline) is kept: it is re-armed with what it had left.
+    """
+    import signal
+    import threading
+    import time
+
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise CallableTimeout(param, seconds)
+
+    old_handler = signal.signal(signal.SIGALRM, on_alarm)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+        if outer > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3))
+
+
+def guarded(fn: Callable, param: str, seconds: float | None) -> Callable:
+    """``fn`` under :func:`time_limit`: each call may take ``seconds`` at most."""
+    import functools
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with time_limit(param, seconds):
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def load_callable(name: str, spec: str, timeout: float | None = None) -> Callable:
+    """Import ``"pkg.mod:fn"`` or ``"path/to/file.py:fn"`` and return the callable.
+
+    With ``timeout`` (seconds, the notebook's ``callable_timeout``), importing the module and each
+    call of the returned callable are bounded: past it, :class:`CallableTimeout` names ``name``.
+    """
     if not isinstance(spec, str) or spec.count(":") < 1:
         raise InputError(name, f"expected 'module:function' or 'path/to/file.py:function', got {spec!r}")
     target, _, attr = spec.rpartition(":")
@@ -125,15 +188,16 @@ def load_callable(name: str, spec: str) -> Callable:
     if is_remote(target) or is_remote(spec):
         raise InputError(name, f"code is imported from local files or installed modules only, not from a URL: {spec!r}")
     try:
-        if target.endswith(".py"):
-            from helpers.io import resolve_path
+        with time_limit(name, timeout):
+            if target.endswith(".py"):
+                from helpers.io import resolve_path
 
-            path = resolve_path(name, target)
-            mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
+                path = resolve_path(name, target)
+                mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+                module = importlib.util.module_from_spec(mod_spec)
+                mod_spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(target)
     except InputError:
         raise
     except Exception as exc:
@@ -141,26 +205,76 @@ def load_callable(name: str, spec: str) -> Callable:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise InputError(name, f"{target!r} has no callable named {attr!r}")
-    return fn
+    return guarded(fn, name, timeout) if timeout else fn
 
 
-def check_not_mixed(params: Mapping[str, Any], names) -> None:
-    """Refuse a run that mixes the user's files with the bundled sample run's.
+def notebook_defaults(notebook: str) -> dict[str, Any]:
+    """The literal defaults of a notebook's ``parameters`` cell (read with ``ast``, nothing executed).
 
-    When the user points one input (of ``names``, the parameters this execution reads) at their
-    own file but leaves another at its sample default, the notebook would diagnose a chimera,
-    e.g. the user's predictions against the sample's logged numbers. One line names the
-    parameter still at the sample and the one that is the user's.
+    The parameters cell is the one place a default is written; the companion rule below compares
+    a parameter with it to tell whether the user left it at the bundled sample's value.
     """
-    from helpers.findings import input_files
-    from helpers.paths import DATA_SAMPLES, is_sample
+    import ast
+    import json
 
-    files = input_files({k: params[k] for k in names if k in params})
-    mine = [k for k, p in files.items() if not is_sample(p)]
-    sample = [k for k, p in files.items() if is_sample(p)]
-    if mine and sample:
-        name = sample[0]
-        rel = files[name].relative_to(DATA_SAMPLES.resolve().parent)
-        raise InputError(name.split("[")[0], f"still points at the bundled sample run ({rel}) while {mine[0]} is your "
-                                             f"file: pass your run's file for '{name.split('[')[0]}' too, or \"\" / [] "
-                                             "if you have none")
+    from helpers.paths import NOTEBOOKS
+
+    nb = json.loads((NOTEBOOKS / f"{notebook}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return {node.target.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.AnnAssign)}
+
+
+def _at_sample(value: Any, default: Any) -> bool:
+    """True when ``value`` is the notebook's sample default, or names a file of the bundled sample runs."""
+    from helpers.findings import input_files
+    from helpers.paths import is_sample
+
+    if isinstance(value, float) and isinstance(default, float) and math.isnan(value) and math.isnan(default):
+        return False  # nan: "unknown", never the sample's
+    if value == default and value not in ("", [], None):
+        return True
+    files = list(input_files({"v": value}).values())
+    return bool(files) and all(is_sample(f) for f in files)
+
+
+def _empty(value: Any) -> Any:
+    return [] if isinstance(value, list | tuple) else (math.nan if isinstance(value, float) else "")
+
+
+def drop_sample_companions(params: dict[str, Any], notebook: str, required: Sequence[str],
+                           optional: Sequence[str]) -> dict[str, str]:
+    """The one rule for the sample's companion files, in every notebook.
+
+    When a ``required`` input is the user's, every ``optional`` input still at the bundled sample's
+    default is not used: it is set to its empty value in ``params`` (so the checks that need it are
+    not applicable) and returned as ``{parameter: how to give yours}``, for the banner and
+    summary.json's ``dropped``. A required input still at the sample while another input (required
+    or optional) is the user's is refused in one line: that would diagnose a chimera. With every
+    input at the sample (the sample run), nothing changes.
+    """
+    defaults = notebook_defaults(notebook)
+
+    def given(name: str) -> bool:
+        v = params.get(name, "")
+        return not (isinstance(v, float) and math.isnan(v)) and str(v).strip() not in ("", "[]")
+
+    yours = [n for n in [*required, *optional] if given(n) and not _at_sample(params[n], defaults.get(n))]
+    if not yours:
+        return {}  # the bundled sample run, as it ships
+    for name in required:
+        if given(name) and _at_sample(params[name], defaults.get(name)):
+            raise InputError(name, f"still points at the bundled sample run while {yours[0]} is yours: pass your "
+                                   f"run's file for '{name}' too")
+    mine = [n for n in required if n in yours]
+    if not mine:
+        return {}
+    dropped = {}
+    for name in optional:
+        if name in params and _at_sample(params[name], defaults.get(name)):
+            how = "a number" if isinstance(defaults.get(name), float) else ("a list" if isinstance(defaults.get(name), list)
+                                                                            else "your file")
+            dropped[name] = (f"left at the bundled sample's value, not used with your {mine[0]}: "
+                             f"give {how} with -p {name} ...")
+            params[name] = _empty(params[name])
+    return dropped

@@ -32,6 +32,9 @@ def save(fig: plt.Figure, output_dir: str | Path, name: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
     fig.savefig(path, metadata={"Software": None})
+    from helpers.findings import record_written
+
+    record_written(output_dir, path)
     return path
 
 

@@ -135,7 +135,9 @@ def test_sample_companions_are_ignored_for_another_run(tmp_path):
                  group_metrics=SAMPLE + "group_metrics.csv", output_dir=str(tmp_path / "out"), **losses)
     run = r.run
     assert run.declared is None and run.group_metrics is None and math.isnan(run.train_loss)
-    assert "ignored the sample run's" in r.banner
+    assert set(run.dropped) == {"declared_copies", "group_metrics", "train_loss", "val_loss"}
+    assert all(f"not used: {name} (left at the bundled sample's value" in r.banner for name in run.dropped)
+    assert r.summary.to_dict()["dropped"] == run.dropped
     # only the file read is listed, and it is not the sample's: no sample banner
     assert list(run.inputs) == ["samples"] and SAMPLE_BANNER not in r.banner
     assert r.summary.to_dict()["sample_run"] is False

@@ -342,6 +342,10 @@ def test_bad_inputs_fail_with_one_line(tmp_path, sample):
                                          "experiment_curve", "train_target")}
     nan_t = good["target"].copy()
     nan_t[3, 2] = np.nan
+    mine = _write(tmp_path, "mine.npz", **good)
+    # your checkpoints with the notebook's defaults: the sample's forward model is not applied to them
+    _, yours = dx.load_inputs(dict(BASE, checkpoints=mine))
+    assert list(yours.dropped) == ["forward_model"] and yours.forward is None
     cases = [
         (dict(checkpoints="nope.npz"), ["checkpoints: ", "nope.npz", "file not found"]),
         (dict(checkpoints=_write(tmp_path, "a.npz", **{k: v for k, v in good.items() if k != "pred"})),
@@ -353,11 +357,12 @@ def test_bad_inputs_fail_with_one_line(tmp_path, sample):
         (dict(last_k=99), ["last_k: must be at most the number of checkpoints (30)"]),
         (dict(last_k=0), ["last_k: must be in [2, 1000], got 0"]),
         (dict(last_k="5"), ["last_k: expected an integer"]),
-        (dict(forward_model="helpers.checkpoint_divergence.rocking_curve:nothing"), ["forward_model: ", "no callable named 'nothing'"]),
-        (dict(forward_model="numpy:ones_like"), ["forward_model: ", "length"]),
+        (dict(checkpoints=mine, forward_model="helpers.checkpoint_divergence.rocking_curve:nothing"),
+         ["forward_model: ", "no callable named 'nothing'"]),
+        (dict(checkpoints=mine, forward_model="numpy:ones_like"), ["forward_model: ", "length"]),
+        (dict(forward_model="numpy:ones_like"), ["checkpoints: still points at the bundled sample run while "
+                                                 "forward_model is yours"]),
         (dict(validation="x.npz"), ["validation: is only used with checkpoint_files"]),
-        (dict(checkpoints=_write(tmp_path, "mine.npz", **good)),
-         ["forward_model: is still the sample run's X-ray rocking-curve model", "while your run is mine.npz"]),
         (dict(FILES, checkpoint_files=str(tmp_path / "none*.pt")), ["checkpoint_files: ", "no file matches"]),
         (dict(FILES, checkpoint_files="nothing/*.pt"), ["checkpoint_files: ", "no file matches"]),
         (dict(FILES, checkpoint_files=str(SAMPLE / "checkpoints")), ["checkpoint_files: ", "is a directory"]),

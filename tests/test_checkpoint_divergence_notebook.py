@@ -50,11 +50,12 @@ def test_made_up_run(tmp_path, elsewhere):
     """A healthy real run (linear model on scikit-learn's diabetes data): nothing detected, not the sample."""
     from test_checkpoint_divergence import make_diabetes_run
 
-    np.savez(tmp_path / "healthy.npz", **make_diabetes_run())
-    healthy = execute(NAME, {"forward_model": "", "run_demos": False, "checkpoints": str(tmp_path / "healthy.npz")},
-                      tmp_path / "h", cwd=elsewhere)
+    np.savez(elsewhere / "healthy.npz", **make_diabetes_run())
+    # the minimal call: only the required checkpoints; the sample's forward model is not applied to them
+    healthy = execute(NAME, {"run_demos": False, "checkpoints": "healthy.npz"}, tmp_path / "h", cwd=elsewhere)
     assert set(status(healthy).values()) == {"not_detected"}
-    assert healthy["sample_run"] is False
+    assert healthy["sample_run"] is False and list(healthy["dropped"]) == ["forward_model"]
+    assert healthy["parameters"]["forward_model"] == ""
 
 
 def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere):

@@ -51,3 +51,28 @@ def test_every_notebook_imports_its_own_package_under_the_same_aliases(name):
                  "dx.metrics(diag)"):
         assert call in code, f"{name}: no {call}"
     assert not re.search(r"\bdx\.[a-z]\w*\.\w+\(", code), f"{name} reaches through the face into another module"
+
+
+@pytest.mark.notebook
+def test_plain_papermill_runs_quiet(tmp_path):
+    """papermill from the command line, as the README teaches it: the project's kernel asks for an
+    encrypted transport itself (helpers/runner/kernel.py), so no kernel warns about plain-text TCP."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert spec.metadata["kernel_provisioner"]["provisioner_name"] == "workbooks-encrypted-provisioner"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    papermill = Path(sys.executable).parent / "papermill"
+    done = subprocess.run([str(papermill), str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), "--no-progress-bar"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "without encryption" not in done.stderr, done.stderr
+    out = json.loads((tmp_path / "out.ipynb").read_text())
+    assert out["cells"][0]["outputs"][0]["text"] == "hello\n"

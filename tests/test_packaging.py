@@ -3,6 +3,8 @@
 import re
 import tomllib
 
+import pytest
+
 from helpers.paths import REPO_ROOT
 
 
@@ -113,3 +115,13 @@ def test_import_contracts_cover_the_design_rules():
     kinds = [c["type"] for c in contracts]
     assert kinds.count("independence") == 1 and kinds.count("layers") == 1
     assert kinds.count("forbidden") == 5 and kinds.count("acyclic_siblings") == 1
+
+
+@pytest.mark.xdist_group("xdist-check")
+def test_tests_of_one_group_run_on_one_worker(request):
+    """Under pytest-xdist, --dist loadgroup must tag grouped tests (the suite shares each notebook's sample
+    execution between the tests of its group; a pytest/xdist pair that ignores groups executes it twice)."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER") and request.config.getoption("dist", None) == "loadgroup":
+        assert request.node.nodeid.endswith("@xdist-check"), request.node.nodeid

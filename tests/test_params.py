@@ -4,6 +4,7 @@ import pytest
 
 from helpers.io import InputError
 from helpers.params import check_injected, check_types, parse_list
+from helpers.paths import DATA_SAMPLES
 from helpers.runner.execute import NotebookFailed, execute
 
 
@@ -70,24 +71,51 @@ def test_misspelt_parameter_is_refused_by_the_notebook_itself(tmp_path, elsewher
     assert not (tmp_path / "o" / "summary.json").exists()
 
 
-@pytest.mark.notebook
-def test_list_parameter_given_as_text(tmp_path, elsewhere):
-    summary = execute("02_encoder_variance", {"compare": "[]", "run_demos": False}, tmp_path / "o", cwd=elsewhere)
-    assert summary["parameters"]["compare"] == []
+def test_list_parameter_given_as_text(tmp_path):
+    """papermill's -p passes a list as its text; the face takes it (the notebooks' new-run tests pass
+    lists as text through papermill too: 04's fpr_targets, 05's feature_columns)."""
+    from face import pipeline
+
+    from helpers.encoder_variance import diagnosis as dx
+
+    r = pipeline(dx, compare="[]", output_dir=str(tmp_path / "o"))
+    assert r.params["compare"] == [] and r.summary.to_dict()["parameters"]["compare"] == []
 
 
-def test_check_not_mixed(elsewhere):
-    from helpers.params import check_not_mixed
+def test_the_sample_companions_are_dropped_and_a_required_sample_file_refused(elsewhere):
+    """One rule in every notebook: with the main input yours, an optional input still at the sample's
+    default is not used (set empty, and said how to give yours); a required one is refused."""
+    import math
+
+    from helpers.params import drop_sample_companions, notebook_defaults
 
     (elsewhere / "mine.parquet").write_bytes(b"x")
-    sample = {"predictions": "data_samples/01_r2_gap/predictions.parquet", "reported": "data_samples/01_r2_gap/reported.json"}
-    check_not_mixed(sample, ["predictions", "reported"])  # all sample: fine
-    check_not_mixed({**sample, "predictions": "mine.parquet", "reported": ""}, ["predictions", "reported"])  # all yours
-    check_not_mixed({**sample, "predictions": "mine.parquet"}, ["predictions"])  # 'reported' not read
-    with pytest.raises(InputError) as e:
-        check_not_mixed({**sample, "predictions": "mine.parquet"}, ["predictions", "reported"])
-    assert str(e.value).startswith("reported: still points at the bundled sample run (data_samples/01_r2_gap/reported.json)"
-                                   " while predictions is your file")
-    with pytest.raises(InputError, match="^compare: still points"):
-        check_not_mixed({"embeddings": "mine.parquet", "compare": ["data_samples/02_encoder_variance/deterministic.npz"]},
-                        ["embeddings", "compare"])
+    d01 = notebook_defaults("01_r2_gap")
+    sample = dict(d01)
+    assert drop_sample_companions(sample, "01_r2_gap", ["predictions"], ["reported"]) == {}  # the sample run
+    assert sample == d01
+    mine = {**d01, "predictions": "mine.parquet"}
+    dropped = drop_sample_companions(mine, "01_r2_gap", ["predictions"], ["reported"])
+    assert list(dropped) == ["reported"] and "-p reported" in dropped["reported"] and mine["reported"] == ""
+    given = {**d01, "predictions": "mine.parquet", "reported": "mine.parquet"}  # the user's companion stays
+    assert drop_sample_companions(given, "01_r2_gap", ["predictions"], ["reported"]) == {}
+    assert given["reported"] == "mine.parquet"
+    # a list companion, a numeric one, and the sample's file named by its absolute path
+    d05 = notebook_defaults("05_augmentation_leakage")
+    p05 = {**d05, "samples": "mine.parquet",
+           "group_metrics": str(DATA_SAMPLES / "05_augmentation_leakage" / "group_metrics.csv"), "val_loss": 0.5}
+    dropped = drop_sample_companions(p05, "05_augmentation_leakage", ["samples"],
+                                     ["declared_copies", "group_metrics", "train_loss", "val_loss"])
+    assert set(dropped) == {"declared_copies", "group_metrics", "train_loss"}
+    assert p05["group_metrics"] == "" and math.isnan(p05["train_loss"]) and p05["val_loss"] == 0.5
+    p02 = {**notebook_defaults("02_encoder_variance"), "embeddings": "mine.parquet"}
+    assert list(drop_sample_companions(p02, "02_encoder_variance", ["embeddings"], ["compare"])) == ["compare"]
+    assert p02["compare"] == []
+    # two required inputs: the user's and the sample's is a chimera, refused in one line
+    p03 = {**notebook_defaults("03_checkpoint_divergence"), "checkpoint_files": "mine.parquet",
+           "validation": "data_samples/03_checkpoint_divergence/validation.npz"}
+    with pytest.raises(InputError, match="^validation: still points at the bundled sample run while "
+                                         "checkpoint_files is yours"):
+        drop_sample_companions(p03, "03_checkpoint_divergence", ["checkpoint_files", "validation"], ["forward_model"])
+
+

@@ -76,17 +76,21 @@ def test_on_a_new_clean_run_with_csv_and_no_channels(tmp_path, elsewhere, capfd)
     table, reported = simulate(cfg)
     table.drop(columns="channel").to_csv(elsewhere / "preds.csv", index=False)
     (elsewhere / "logged.json").write_text(json.dumps(reported))
-    summary = execute(NAME, {"predictions": "preds.csv", "reported": "logged.json", "run_demos": False},
-                      tmp_path / "out", cwd=elsewhere)
+    # the minimal call: only the required predictions; the sample's logged numbers are not used
+    summary = execute(NAME, {"predictions": "preds.csv", "run_demos": False}, tmp_path / "out", cwd=elsewhere)
     assert not [k for k, v in status(summary).items() if v == "detected"]
+    assert list(summary["dropped"]) == ["reported"] and summary["parameters"]["reported"] == ""
     assert "lab" not in summary["metrics"]
-    assert not summary["sample_run"] and summary["inputs"]["predictions"] == str(elsewhere / "preds.csv")
+    assert not summary["sample_run"] and summary["inputs"] == {"predictions": str(elsewhere / "preds.csv")}
     # the kernel's transport warning no longer buries the lines that matter
     assert "without encryption" not in capfd.readouterr().err
-    # and in-process, through the face, the same run gives the same summary
+    # and in-process, through the face, the same call gives the same summary
+    minimal = pipeline(dx, predictions="preds.csv", output_dir=str(tmp_path / "minimal"))
+    assert minimal.summary.to_dict()["findings"] == summary["findings"]
+    assert minimal.summary.to_dict()["metrics"] == summary["metrics"]
+    # with the run's own logged numbers: every one reproduced by the correct computation, nothing detected
     mine = pipeline(dx, predictions="preds.csv", reported="logged.json", output_dir=str(tmp_path / "mine"))
-    assert mine.summary.to_dict()["findings"] == summary["findings"]
-    assert mine.summary.to_dict()["metrics"] == summary["metrics"]
+    assert not [k for k, f in mine.found.items() if f.detected] and mine.run.dropped == {}
 
 
 def test_on_predictions_only(tmp_path, elsewhere):
@@ -132,12 +136,11 @@ def bad_files(d):
     ({"predictions": "missing.parquet"}, ["predictions: ", "missing.parquet", "file not found"]),
     ({"predictions": "no_pred.parquet"}, ["predictions: ", "no_pred.parquet", "missing required column 'y_pred'"]),
     ({"predictions": "nan.parquet"}, ["predictions: ", "nan.parquet", "column 'y_true' has 1 NaN/inf values"]),
-    ({"reported": "bad.json"}, ["reported: ", "bad.json", "per_session has session '999'"]),
+    ({"predictions": "mine.parquet", "reported": "bad.json"}, ["reported: ", "bad.json", "per_session has session '999'"]),
+    ({"reported": "bad.json"}, ["predictions: still points at the bundled sample run while reported is yours"]),
     ({"tolerance": "tight"}, ["tolerance: expected a number, got 'tight'"]),
     ({"predictions": "constant.parquet"}, ["predictions: ", "constant.parquet", "column 'y_true' is constant (2.5"]),
     ({"predictions": "one_row.parquet"}, ["predictions: ", "one_row.parquet", "has 1 row"]),
-    ({"predictions": "mine.parquet"}, ["reported: still points at the bundled sample run (data_samples/01_r2_gap/reported.json)"
-                                       " while predictions is your file"]),
 ])
 def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, params, expected):
     bad_files(elsewhere)
@@ -156,3 +159,14 @@ def test_bad_input_stops_the_notebook_with_one_line(tmp_path, elsewhere):
     assert line.startswith("InputError: predictions: ")
     assert all(part in line for part in ("no_pred.parquet", "missing required column 'y_pred'")), line
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_the_minimal_call_drops_the_samples_logged_numbers(tmp_path, elsewhere):
+    """Only the required input is yours: the sample's reported.json is not used, and the banner and
+    summary.json say so (with how to give yours)."""
+    bad_files(elsewhere)
+    r = pipeline(dx, predictions="mine.parquet", output_dir=str(tmp_path / "out"))
+    assert list(r.run.dropped) == ["reported"] and r.run.reported == {} and r.params["reported"] == ""
+    assert "not used: reported (left at the bundled sample's value" in r.banner and "-p reported" in r.banner
+    assert r.summary.to_dict()["dropped"] == r.run.dropped
+    assert r.found["unsynced_rank_metrics"].status == "not_applicable"

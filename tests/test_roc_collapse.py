@@ -260,11 +260,19 @@ def test_target_lists_accept_text_and_metric_names(tmp_path):
     assert lf.rate_str(1e-4) == "1e-4" and lf.rate_str(0.001) == "0.001" and lf.rate_str(0.85) == "0.85"
 
 
-def test_a_run_mixing_the_users_files_with_the_sample_is_refused(tmp_path):
+def test_the_samples_companions_are_dropped_and_a_chimera_refused(tmp_path):
+    """Your scores with the sample's history, loader log and ROC code (the notebook's defaults): those
+    are not used and the run says so; the sample's scores with your history would be a chimera."""
     make_run(tmp_path, epochs=1, n_pos=50, n_neg=50)
+    d = defaults(dx.NOTEBOOK)
+    p, run = dx.load_inputs({**d, "scores": str(tmp_path / "scores.parquet"), "n_bootstrap": 200,
+                             "output_dir": str(tmp_path / "out")})
+    assert set(run.dropped) == {"history", "seen_ids", "roc_function"}
+    assert run.history is None and run.seen is None and run.roc_function is None and p["history"] == ""
+    (tmp_path / "h.json").write_text('[{"epoch": 0, "val_loss": 1.0}]')
     with pytest.raises(InputError) as e:
-        dx.load_inputs(params(tmp_path, history="data_samples/04_roc_collapse/history.json"))
-    assert str(e.value).startswith("history: ") and "bundled sample" in str(e.value)
+        dx.load_inputs({**d, "history": str(tmp_path / "h.json")})
+    assert str(e.value).startswith("scores: still points at the bundled sample run while history is yours")
 
 
 def test_the_face_and_the_inputs_banner(tmp_path):

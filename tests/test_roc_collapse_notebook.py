@@ -16,6 +16,7 @@ from notebook_checks import failure_line
 
 from helpers.findings import SAMPLE_BANNER
 from helpers.io import InputError
+from helpers.paths import DATA_SAMPLES
 from helpers.roc_collapse import diagnosis as dx
 from helpers.runner.execute import execute
 
@@ -68,11 +69,10 @@ def test_04_sample_run_from_another_directory(sample_execution):
 @pytest.mark.xdist_group(NAME)
 @pytest.mark.notebook
 def test_04_the_face_gives_the_notebooks_summary_and_is_deterministic(sample_execution, tmp_path, elsewhere):
-    """The sample's diagnosis in-process equals the executed notebook's (but the lab), and twice the same."""
+    """The sample's diagnosis in-process equals the executed notebook's (but the lab): two executions in
+    two processes give the same summary, so the same inputs give the same summary.json."""
     summary, _ = sample_execution(NAME)
     first = pipeline(dx, output_dir=str(tmp_path / "a"))
-    again = pipeline(dx, output_dir=str(tmp_path / "b"))
-    assert without_lab(first.summary.to_dict()) == without_lab(again.summary.to_dict())
     assert without_lab(first.summary.to_dict()) == without_lab(summary)
     assert first.banner.splitlines()[0] == SAMPLE_BANNER and first.banner.count("[bundled sample]") == 4
     assert set(first.run.inputs) == {"scores", "history", "seen_ids", "roc_function"}
@@ -112,26 +112,34 @@ def check_healthy(summary: dict):
 
 @pytest.mark.notebook
 def test_04_on_a_new_healthy_run(tmp_path, elsewhere):
+    """The minimal call (only the required scores, from another directory) under papermill: the sample's
+    history, loader log and ROC code are not used, and the run says so; in-process with the run's own
+    history, nothing is detected and the logged metrics are recomputed."""
     healthy_run(elsewhere)
-    summary = execute(NAME, HEALTHY, tmp_path / "out", cwd=elsewhere)
-    check_healthy(summary)
-    # the same files in-process, through the face, give the same summary
+    summary = execute(NAME, {"scores": "scores.csv", "run_demos": False}, tmp_path / "out", cwd=elsewhere)
+    assert set(summary["dropped"]) == {"history", "seen_ids", "roc_function"} and not summary["sample_run"]
+    assert summary["findings"]["logged_metric_mismatch"]["status"] == "not_applicable"
+    minimal = pipeline(dx, scores="scores.csv", output_dir=str(tmp_path / "minimal"))
+    assert without_lab(minimal.summary.to_dict()) == without_lab(summary)
+    assert all(f"not used: {k}" in minimal.banner for k in summary["dropped"])
+    # the same files in-process, through the face, with the run's own history
     r = pipeline(dx, **HEALTHY, output_dir=str(tmp_path / "face"))
     check_healthy(r.summary.to_dict())
-    assert without_lab(r.summary.to_dict()) == without_lab(summary)
     assert SAMPLE_BANNER not in r.banner and "5 epochs x 33,000 rows" in r.banner
 
 
 BAD_INPUTS = [
     ({"scores": "missing.parquet"}, ["scores: ", "missing.parquet", "file not found"]),
     ({"fpr_targets": "[1e-4, 2]"}, ["fpr_targets: every rate must be a number in (0, 1), got 2"]),
-    ({"history": "bad.json"}, ["history: ", "bad.json", "is not valid JSON"]),
+    ({"scores": "scores.parquet", "history": "bad.json"}, ["history: ", "bad.json", "is not valid JSON"]),
+    ({"history": "bad.json"}, ["scores: still points at the bundled sample run while history is yours"]),
 ]
 
 
 @pytest.mark.parametrize("params, expected", BAD_INPUTS)
 def test_04_bad_input_is_refused_in_one_line(tmp_path, elsewhere, params, expected):
     (elsewhere / "bad.json").write_text("{oops")
+    pd.read_parquet(DATA_SAMPLES / NAME / "scores.parquet").query("epoch <= 2").to_parquet(elsewhere / "scores.parquet")
     with pytest.raises(InputError) as exc:
         pipeline(dx, **params, output_dir=str(tmp_path / "out"))
     line = str(exc.value)

@@ -24,8 +24,8 @@ from helpers.augmentation_leakage import leakage as lk
 from helpers.findings import Finding, input_files, not_applicable
 from helpers.findings import describe_inputs as describe_files
 from helpers.io import InputError, check_column, load_json, load_table, resolve_path
-from helpers.params import check_range, check_types
-from helpers.paths import DATA_SAMPLES, is_sample
+from helpers.params import check_range, check_types, drop_sample_companions
+from helpers.paths import DATA_SAMPLES
 
 NOTEBOOK = "05_augmentation_leakage"
 FINDING_IDS = ("parent_leakage", "near_duplicate_leakage", "augmentation_mismatch", "val_composition_imbalance",
@@ -72,6 +72,7 @@ class Run:
     train_loss: float = math.nan
     val_loss: float = math.nan
     notes: list[str] = field(default_factory=list)
+    dropped: dict = field(default_factory=dict)  # optional inputs left at the sample's value, not used
     inputs: dict = field(default_factory=dict)  # the files read: {parameter: path}, see helpers.findings.input_files
 
     def has(self, col: str) -> bool:
@@ -177,16 +178,12 @@ def load_inputs(params: Mapping) -> tuple[dict, Run]:
     (its declared copies, group metrics and logged losses) are ignored, and a note says so.
     """
     p = _check_parameters(params)
+    dropped = drop_sample_companions(p, NOTEBOOK, ["samples"], ["declared_copies", "group_metrics", "train_loss",
+                                                                "val_loss"])
     df, features, path = load_samples("samples", p["samples"], p["feature_columns"])
     run = Run(df, features, path, baseline_run=p["baseline_run"], train_loss=p["train_loss"], val_loss=p["val_loss"])
+    run.dropped = dropped
     groups = sorted(df["group"].astype(str).unique()) if run.has("group") else None
-    companions = _sample_companions(p)
-    if not is_sample(run.path) and companions:
-        # the defaults describe the bundled sample run, not this one
-        run.notes.append(f"ignored the sample run's {', '.join(companions)}: 'samples' is not the sample run")
-        for name in companions:
-            p[name] = "" if isinstance(PARAMETER_TYPES[name](), str) else math.nan
-        run.train_loss, run.val_loss = p["train_loss"], p["val_loss"]
     read = {"samples": p["samples"]}
     if p["declared_copies"].strip():
         if groups is None:
@@ -199,31 +196,6 @@ def load_inputs(params: Mapping) -> tuple[dict, Run]:
         read["group_metrics"] = p["group_metrics"]
     run.inputs = input_files(read)
     return p, run
-
-
-def _sample_losses() -> dict:
-    try:
-        return load_json("losses", SAMPLE_DIR / "losses.json")
-    except InputError:
-        return {}
-
-
-def _sample_companions(p: dict) -> list[str]:
-    """Parameters still pointing at (or equal to) the bundled sample run's files and numbers."""
-    out = []
-    for name in ("declared_copies", "group_metrics"):
-        v = p[name].strip()
-        if v:
-            try:
-                if is_sample(resolve_path(name, v)):
-                    out.append(name)
-            except InputError:
-                pass
-    losses = _sample_losses()
-    for name in ("train_loss", "val_loss"):
-        if name in losses and p[name] == losses[name]:
-            out.append(name)
-    return out
 
 
 def describe_inputs(run: Run) -> str:
@@ -239,7 +211,7 @@ def describe_inputs(run: Run) -> str:
          if run.group_metrics is not None else "group metrics: not given"),
         f"logged losses: train {run.train_loss}, val {run.val_loss}",
     ]
-    return describe_files(run.inputs, details=details, notes=run.notes)
+    return describe_files(run.inputs, dropped=run.dropped, details=details, notes=run.notes)
 
 
 # --------------------------------------------------------------------------- diagnosis

@@ -31,8 +31,7 @@ from helpers.checkpoint_divergence import checkpoints as ck
 from helpers.findings import Finding, input_files, not_applicable
 from helpers.findings import describe_inputs as describe_files
 from helpers.io import InputError, check_shape, first_line, load_arrays, resolve_path
-from helpers.params import check_not_mixed, check_range, check_types, load_callable
-from helpers.paths import is_sample
+from helpers.params import check_range, check_types, drop_sample_companions, load_callable
 
 NOTEBOOK = "03_checkpoint_divergence"
 PARAMETER_TYPES = {
@@ -83,6 +82,7 @@ class CheckpointRun:
     inputs: dict = field(default_factory=dict)  # parameter (or parameter[i]) -> the file it named
     forward: Callable | None = field(default=None, repr=False)  # the forward model: parameters (n, P) -> curves
     forward_model: str = ""  # the forward_model parameter it came from
+    dropped: dict = field(default_factory=dict)  # optional inputs left at the sample's value, not used
     # the checkpoint-files way in
     val_x: np.ndarray | None = None
     experiment_x: np.ndarray | None = None
@@ -196,7 +196,7 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun]:
     Raises one-line :class:`~helpers.io.InputError` on any mistake.
     """
     p = _check_parameters(params)
-    forward = load_callable("forward_model", p["forward_model"]) if p["forward_model"].strip() else None
+    route = ["checkpoint_files", "validation"] if p["checkpoint_files"].strip() else ["checkpoints"]
     if p["checkpoint_files"].strip():
         run = _from_checkpoint_files(p["checkpoint_files"], p["model_factory"], p["validation"], p["last_k"])
         p["checkpoints"] = ""  # not read on this route: the summary records what was used
@@ -213,11 +213,15 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun]:
         raise InputError("last_k", f"must be at most the number of checkpoints ({run.n_checkpoints}), got {p['last_k']}")
     if p["k_neighbours"] >= run.n:
         raise InputError("k_neighbours", f"must be below the number of validation samples ({run.n}), got {p['k_neighbours']}")
-    _check_not_mixed(p)
+    # the run's own files are checked first (their faults say more); then the sample's forward model is
+    # not applied to your checkpoints, and your forward model not to the sample's
+    dropped = drop_sample_companions(p, NOTEBOOK, route, ["forward_model"])
+    forward = load_callable("forward_model", p["forward_model"]) if p["forward_model"].strip() else None
     if forward is not None:
         check_forward(forward, run)
     run.forward, run.forward_model = forward, p["forward_model"]
     run.inputs = input_files({k: p[k] for k in read})
+    run.dropped = dropped
     return p, run
 
 
@@ -234,17 +238,6 @@ def _from_checkpoint_files(pattern: str, factory_spec: str, validation: str, kee
 
 
 SAMPLE_FORWARD_MODEL = "helpers.checkpoint_divergence.rocking_curve:forward"
-
-
-def _check_not_mixed(p: Mapping[str, Any]) -> None:
-    """The sample's forward model, or its validation npz, must not be applied to the user's checkpoints."""
-    route = ["checkpoint_files", "validation"] if p["checkpoint_files"].strip() else ["checkpoints"]
-    check_not_mixed(p, route)
-    mine = [str(f) for f in input_files({k: p[k] for k in route}).values() if not is_sample(f)]
-    if mine and p["forward_model"].strip() == SAMPLE_FORWARD_MODEL:
-        raise InputError("forward_model", f"is still the sample run's X-ray rocking-curve model ({SAMPLE_FORWARD_MODEL}) "
-                                          f"while your run is {mine[0].rsplit('/', 1)[-1]}: pass your own forward model, "
-                                          "or \"\" for none")
 
 
 def check_forward(forward: Callable, run: CheckpointRun) -> None:
@@ -614,4 +607,4 @@ def describe_inputs(run: CheckpointRun) -> str:
                f"experiment: {'yes' if run.has_experiment else 'none'}; train_target: "
                f"{'none' if run.train_target is None else run.train_target.shape}; forward model: "
                f"{run.forward_model or ('given' if run.forward is not None else 'none')}"]
-    return describe_files(run.inputs, details=details)
+    return describe_files(run.inputs, dropped=run.dropped, details=details)

@@ -24,7 +24,7 @@ from helpers.encoder_variance import representation as rep
 from helpers.findings import Finding, input_files, not_applicable
 from helpers.findings import describe_inputs as describe_files
 from helpers.io import InputError, check_shape, load_arrays, resolve_path
-from helpers.params import check_not_mixed, check_range, check_types
+from helpers.params import check_range, check_types, drop_sample_companions
 
 NOTEBOOK = "02_encoder_variance"
 
@@ -160,6 +160,7 @@ class Run:
     main: EncoderRun
     others: dict[str, EncoderRun] = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)  # optional inputs left at the sample's value, not used
 
     @property
     def encoders(self) -> dict[str, EncoderRun]:
@@ -180,13 +181,13 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict[str, Any], Run]:
     """Check the parameters, then read and validate the run to diagnose and the runs to compare
     it with; any problem is one :class:`InputError`. Returns (parameters, run)."""
     p = _check_parameters(params)
+    dropped = drop_sample_companions(p, NOTEBOOK, ["embeddings"], ["compare"])
     main = load_embeddings("embeddings", p["embeddings"])
-    check_not_mixed(p, ["embeddings", "compare"])
     others = {}
     for i, item in enumerate(p["compare"]):
         other = load_embeddings(f"compare[{i}]", item)
         others[other.name if other.name not in others and other.name != main.name else f"{other.name}[{i}]"] = other
-    return p, Run(main, others, input_files({"embeddings": p["embeddings"], "compare": p["compare"]}))
+    return p, Run(main, others, input_files({"embeddings": p["embeddings"], "compare": p["compare"]}), dropped)
 
 
 def describe_inputs(run: Run) -> str:
@@ -194,7 +195,7 @@ def describe_inputs(run: Run) -> str:
     details = [f"{name}: z {r.z.shape}, {len(np.unique(r.group.astype(str)))} puzzles, "
                f"z_samples {None if r.z_samples is None else r.z_samples.shape}, "
                f"logvar {None if r.logvar is None else r.logvar.shape}" for name, r in run.encoders.items()]
-    return describe_files(run.inputs, details=details)
+    return describe_files(run.inputs, dropped=run.dropped, details=details)
 
 
 # --------------------------------------------------------------------------- measurements

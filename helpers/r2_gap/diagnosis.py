@@ -23,7 +23,7 @@ import pandas as pd
 from helpers.findings import Finding, input_files, not_applicable
 from helpers.findings import describe_inputs as describe_files
 from helpers.io import InputError, load_json, load_table, resolve_path
-from helpers.params import check_not_mixed, check_range, check_types
+from helpers.params import check_range, check_types, drop_sample_companions
 from helpers.r2_gap import regression as reg
 
 NOTEBOOK = "01_r2_gap"
@@ -115,6 +115,7 @@ class R2Run:
     table: pd.DataFrame
     reported: dict
     inputs: dict
+    dropped: dict = field(default_factory=dict)  # optional inputs left at the sample's value, not used
 
 
 def load_inputs(params: Mapping) -> tuple[dict, R2Run]:
@@ -128,17 +129,17 @@ def load_inputs(params: Mapping) -> tuple[dict, R2Run]:
     check_range("tolerance", p["tolerance"], 0.0, 0.5)
     check_range("n_bootstrap", p["n_bootstrap"], 50, 1_000_000)
     check_range("lab_world_size", p["lab_world_size"], 2, 16)
+    dropped = drop_sample_companions(p, NOTEBOOK, ["predictions"], ["reported"])
     table = load_predictions("predictions", p["predictions"])
     sessions = sorted(table["session"].unique().tolist(), key=str) if "session" in table.columns else None
     reported = load_reported("reported", p["reported"], sessions) if p["reported"].strip() else {}
-    check_not_mixed(p, ["predictions", "reported"])
-    return p, R2Run(table, reported, input_files({k: p[k] for k in ("predictions", "reported")}))
+    return p, R2Run(table, reported, input_files({k: p[k] for k in ("predictions", "reported")}), dropped)
 
 
 def describe_inputs(run: R2Run) -> str:
     """Which files were read, and what they hold."""
     t = run.table
-    return describe_files(run.inputs, details=[f"{len(t)} prediction rows, columns: {', '.join(t.columns)}",
+    return describe_files(run.inputs, dropped=run.dropped, details=[f"{len(t)} prediction rows, columns: {', '.join(t.columns)}",
                                                f"logged numbers: {run.reported or 'none'}"])
 
 

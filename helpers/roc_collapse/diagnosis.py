@@ -60,6 +60,7 @@ class Run:
     roc_function: Callable | None
     inputs: dict = field(default_factory=dict)  # parameter -> file read (helpers.findings.input_files)
     roc_module: str = ""  # a roc_function given as "module:function" (no file to list among the inputs)
+    dropped: dict = field(default_factory=dict)  # optional inputs left at the sample's value, not used
 
     @property
     def has_logits(self) -> bool:
@@ -121,7 +122,7 @@ def load_inputs(params: Mapping) -> tuple[dict, Run]:
 
     Raises :class:`~helpers.io.InputError` (one line: parameter, file, problem) on any mistake.
     """
-    from helpers.params import check_not_mixed, check_range, check_types, load_callable
+    from helpers.params import check_range, check_types, drop_sample_companions, load_callable
     from helpers.paths import locate
 
     p = check_types(params, PARAMETER_TYPES)
@@ -129,6 +130,7 @@ def load_inputs(params: Mapping) -> tuple[dict, Run]:
     p["tpr_targets"] = _rates("tpr_targets", p["tpr_targets"], allow_empty=True)
     check_range("n_bootstrap", p["n_bootstrap"], 100, 100_000)
     check_range("seed", p["seed"], 0, None)
+    dropped = drop_sample_companions(p, NOTEBOOK, ["scores"], ["history", "seen_ids", "roc_function"])
     scores = load_scores("scores", p["scores"])
     history = load_history("history", p["history"]) if p["history"].strip() else None
     seen = None
@@ -136,14 +138,12 @@ def load_inputs(params: Mapping) -> tuple[dict, Run]:
         seen = load_table("seen_ids", p["seen_ids"], {"epoch": "count", "sample_id": "key"},
                           {"rank": "count", "worker": "count"})
     fn = load_callable("roc_function", p["roc_function"]) if p["roc_function"].strip() else None
-    # the user's scores against the sample's history (or the reverse) would diagnose a chimera
-    check_not_mixed(p, ("scores", "history", "seen_ids", "roc_function"))
     read = [k for k in ("scores", "history", "seen_ids", "roc_function") if p[k].strip()]
     inputs = input_files({k: p[k] for k in read})
     if history is not None and "history" not in inputs and locate(p["history"], "any") is not None:
         inputs["history"] = locate(p["history"], "any")  # a TensorBoard log directory
     roc_module = p["roc_function"].strip() if fn is not None and "roc_function" not in inputs else ""
-    return p, Run(scores, history, seen, fn, inputs, roc_module)
+    return p, Run(scores, history, seen, fn, inputs, roc_module, dropped)
 
 
 def describe_inputs(run: Run) -> str:
@@ -153,7 +153,7 @@ def describe_inputs(run: Run) -> str:
     details = [f"scores: {n_epochs} epochs x {len(df) // n_epochs:,} rows; columns: {', '.join(df.columns)}"]
     if run.roc_module:
         details.append(f"roc_function: {run.roc_module}")
-    return describe_files(run.inputs, details=details)
+    return describe_files(run.inputs, dropped=run.dropped, details=details)
 
 
 # --------------------------------------------------------------------------- measurements
