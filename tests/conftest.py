@@ -41,6 +41,20 @@ def sample_execution(tmp_path_factory):
             out = tmp_path_factory.mktemp(f"sample-{name}")
             cwd = tmp_path_factory.mktemp(f"cwd-{name}")
             cache[name] = (execute(name, {}, out, cwd=cwd), out / f"{name}.ipynb")
+            check_clean_outputs(cache[name][1])
         return cache[name]
 
     return get
+
+
+def check_clean_outputs(executed: Path) -> None:
+    """No executed notebook opens with a red warning: ipywidgets is installed, so tqdm has its widgets
+    (no "IProgress not found"), and no widget state is stored (no page loads a widget manager)."""
+    import json
+
+    nb = json.loads(Path(executed).read_text())
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                     for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+    for warning in ("IProgress not found", "TqdmWarning", "without encryption"):
+        assert warning not in text, f"{executed.name}: an output carries '{warning}'"
+    assert "widgets" not in nb["metadata"], f"{executed.name}: widget state was stored"

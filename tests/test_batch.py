@@ -1,6 +1,7 @@
 """Batch re-execution: manifests refused before anything runs, dask execution, report pages."""
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -8,8 +9,11 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -65,7 +69,14 @@ def batch(tmp_path_factory):
     runs, one of which fails on a broken file."""
     tmp = tmp_path_factory.mktemp("batch")
     (tmp / "broken.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    # a task whose user code hangs where no Python-level limit reaches (a sleep far past callable_timeout):
+    # the runner's per-cell timeout ends it, and the others go on
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"epoch": 1, "label": np.r_[np.zeros(300, int), np.ones(300, int)],
+                  "score": np.r_[rng.uniform(0, 0.6, 300), rng.uniform(0.4, 1, 300)]}).to_csv(tmp / "scores.csv", index=False)
+    (tmp / "roc.py").write_text("import time\n\ndef roc(scores, labels):\n    time.sleep(3600)\n")
     m = write(tmp / "m.yaml", f"""
+cell_timeout: 25
 runs:
   good:
     01_r2_gap: {{run_demos: false}}
@@ -74,6 +85,9 @@ runs:
     02_encoder_variance: {{run_demos: false, compare: "[]"}}
   c1:
     01_r2_gap: {{run_demos: false}}
+  hang:
+    04_roc_collapse: {{scores: {tmp / 'scores.csv'}, roc_function: "{tmp / 'roc.py'}:roc", callable_timeout: 3600,
+                       run_demos: false}}
 """)
     reports = tmp / "reports"
     out, err = io.StringIO(), io.StringIO()
@@ -91,15 +105,22 @@ def test_a_manifest_runs_on_a_local_cluster_and_one_failure_does_not_stop_the_ot
     reports, err = batch["reports"], batch["err"]
     assert batch["code"] == 1
     assert "FAILED  bad/01_r2_gap: InputError: predictions: " in err and "cannot be read as a table" in err
-    assert "1 notebook(s) failed: bad/01_r2_gap" in err
+    assert "2 notebook(s) failed: bad/01_r2_gap, hang/04_roc_collapse" in err
+    assert "FAILED  hang/04_roc_collapse: CellTimeoutError" in err and "25 seconds" in err
+    assert "FAILED: CellTimeoutError" in (reports / "hang" / "index.html").read_text()
     for nb in ("good/01_r2_gap", "bad/02_encoder_variance", "c1/01_r2_gap"):
         assert (reports / nb / "summary.json").exists() and (reports / nb / f"{nb.split('/')[1]}.html").exists()
     assert not (reports / "bad" / "01_r2_gap" / "summary.json").exists()
     page = (reports / "bad" / "index.html").read_text()
     assert "FAILED: InputError: predictions: " in page and "stochasticity_collapsed" in page
-    assert "good/index.html" in (reports / "index.html").read_text()
+    index = (reports / "index.html").read_text()
+    assert "good/index.html" in index
+    # the runs x findings grid: a cell per (run, finding), coloured by status and severity, linking to the page
+    assert 'class="grid"' in index and index.count("<tr><td><a href=") >= 2 * 3
+    assert 'class="c critical"><a href="good/01_r2_gap/01_r2_gap.html"' in index
+    assert 'class="c absent"' in index  # bad/01 failed: no report, so no link
     table = pd.read_csv(reports / "findings.csv")
-    assert set(table["run"]) == {"good", "bad", "c1"}
+    assert set(table["run"]) == {"good", "bad", "c1"}  # the timed-out task left no summary
     assert table.query("run == 'good' and finding == 'unsynced_rank_metrics'")["status"].item() == "detected"
     # a second execution into the same reports is refused before anything runs
     assert run_manifest(batch["manifest"], reports, progress=False) == 2
@@ -121,18 +142,18 @@ def test_compare_lists_the_findings_whose_status_changed(batch, capsys):
 @pytest.mark.notebook
 @pytest.mark.xdist_group("dask")
 def test_the_runner_bounds_concurrency_and_reexecution_gives_the_same_summaries(batch, capsys):
-    """Four tasks (three runs) on the default two workers: each recorded, never more than two at once;
+    """Five tasks (four runs) on the default two workers: each recorded, never more than two at once;
     then two of them again with --force: summary.json byte for byte the same."""
     record, reports = batch["record"], batch["reports"]
     tasks = record["tasks"]
     assert sorted(f"{t['run']}/{t['notebook']}" for t in tasks) == sorted(
-        ["good/01_r2_gap", "bad/01_r2_gap", "bad/02_encoder_variance", "c1/01_r2_gap"])
-    assert sorted(t["status"] for t in tasks) == ["failed", "ok", "ok", "ok"]
+        ["good/01_r2_gap", "bad/01_r2_gap", "bad/02_encoder_variance", "c1/01_r2_gap", "hang/04_roc_collapse"])
+    assert sorted(t["status"] for t in tasks) == ["failed", "failed", "ok", "ok", "ok"]
     assert all(t["worker"] and 0 <= t["start"] < t["end"] <= record["seconds"] for t in tasks)
     assert record["slots"] == 2 and len({t["worker"] for t in tasks}) <= 2
     assert max_concurrency(tasks) == record["max_concurrency"] == 2, tasks  # both workers busy, never more
     assert "at most 2 of 2 worker threads busy at once" in batch["out"]
-    assert "last execution: 4 notebooks in " in (reports / "index.html").read_text()
+    assert "last execution: 5 notebooks in " in (reports / "index.html").read_text()
 
     again = write(batch["tmp"] / "again.yaml", "runs:\n  good:\n    01_r2_gap: {run_demos: false}\n")
     assert main(["run", str(again), "--reports", str(reports), "--force"]) == 0
@@ -213,13 +234,30 @@ def test_reports_render_offline_in_a_real_browser(batch, tmp_path):
     assert max(hist) < 0.97 * sum(hist), "the page rendered blank"
     dom = headless("--dump-dom", (reports / "good" / "index.html").as_uri(), cwd=tmp_path).stdout
     assert "unsynced_rank_metrics" in dom and "<img" in dom
-    # the notebook's HTML: MathJax from the local copy typesets the formulas with no network
-    dom = headless("--virtual-time-budget=15000", "--dump-dom", (reports / "good" / "01_r2_gap" / "01_r2_gap.html").as_uri(),
-                   cwd=tmp_path).stdout
+    # the whole reports folder travels: copied elsewhere (the original removed) and served over HTTP,
+    # the notebook's HTML typesets its math with the MathJax copy in reports/_static
+    moved = tmp_path / "elsewhere" / "reports"
+    shutil.copytree(reports, moved)
+    hidden = reports.with_name("reports-hidden")
+    reports.rename(hidden)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(moved))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/good/01_r2_gap/01_r2_gap.html"
+        dom = headless("--virtual-time-budget=15000", "--dump-dom", url, cwd=tmp_path).stdout
+    finally:
+        server.shutdown()
+        hidden.rename(reports)
     assert 'class="MathJax_Display' in dom, "math not typeset"
-    fetched = re.findall(r'<(?:script|link)[^>]*(?:src|href)="(https?://[^"]+)"', (reports / "good" / "01_r2_gap" /
-                                                                                 "01_r2_gap.html").read_text())
-    assert fetched == [], f"the page loads from the network: {fetched}"
+    # no page loads anything from file:// or a CDN, and no script imports one
+    for page in moved.rglob("*.html"):
+        text = page.read_text()
+        loads = re.findall(r'<(?:script|link|img)[^>]*(?:src|href)="((?:https?|file)://[^"]+)"', text)
+        imports = re.findall(r'import\(\s*["\']((?:https?|file)://[^"\']+)', text)
+        urls = re.findall(r'=\s*"((?:https?|file)://[^"]+\.m?js)"', text)
+        assert loads == imports == urls == [], f"{page.relative_to(moved)} loads {loads + imports + urls}"
+        assert "file:///" not in text or page.suffix != ".html" or "file:///" not in "".join(loads), page
 
 
 

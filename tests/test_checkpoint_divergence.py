@@ -19,7 +19,7 @@ from helpers.paths import DATA_SAMPLES
 
 SAMPLE = DATA_SAMPLES / dx.NOTEBOOK
 BASE = dict(checkpoints=str(SAMPLE / "checkpoints.npz"), forward_model=dx.SAMPLE_FORWARD_MODEL,
-            checkpoint_files="", model_factory="", validation="", last_k=5, k_neighbours=5, output_dir="",
+            checkpoint_files="", model_factory="", validation="", last_k=5, k_neighbours=5, callable_timeout=60.0, output_dir="",
             run_demos=False, seed=0)
 FILES = dict(BASE, checkpoint_files=str(SAMPLE / "checkpoints" / "*.pt"),
              model_factory="helpers.checkpoint_divergence.lab:make_model", validation=str(SAMPLE / "validation.npz"))

@@ -93,7 +93,7 @@ def test_the_trained_samples_give_the_same_diagnosis(regenerated):
 
 def cd_defaults() -> dict:
     return {"forward_model": "", "checkpoint_files": "", "model_factory": "", "validation": "", "last_k": 5,
-            "k_neighbours": 5, "output_dir": "", "run_demos": False, "seed": 0}
+            "k_neighbours": 5, "callable_timeout": 60.0, "output_dir": "", "run_demos": False, "seed": 0}
 
 
 def test_samples_are_small():

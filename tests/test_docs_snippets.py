@@ -246,7 +246,7 @@ def test_03_lightning_checkpoints(out_dir):
 
     params = dict(checkpoints="", forward_model="", model_factory=factory,
                   checkpoint_files=str(out_dir / "checkpoints" / "*.ckpt"),
-                  validation=str(out_dir / "validation.npz"), last_k=3, k_neighbours=5,
+                  validation=str(out_dir / "validation.npz"), last_k=3, k_neighbours=5, callable_timeout=60.0,
                   output_dir="", run_demos=False, seed=0)
     p, run = cd.load_inputs(params)
     assert run.forward is None
@@ -319,7 +319,7 @@ def test_04_huggingface_trainer(out_dir, monkeypatch):
 
     params = dict(history=str(out_dir / "hf_out" / "trainer_state.json"),
                   scores=str(out_dir / "scores.parquet"), fpr_targets=[0.1], tpr_targets=[0.5],
-                  seen_ids="", roc_function="", n_bootstrap=200, output_dir="", run_demos=False,
+                  seen_ids="", roc_function="", n_bootstrap=200, callable_timeout=60.0, output_dir="", run_demos=False,
                   seed=0)
     p, inputs = rc.load_inputs(params)
     trained = list(range(1, epochs + 1))  # the Trainer's epochs count from 1

@@ -260,7 +260,7 @@ def base_02(d: Path) -> dict:
 def base_03(d: Path) -> dict:
     np.savez(d / "checkpoints.npz", **a03("checkpoints"))
     return dict(checkpoints=str(d / "checkpoints.npz"), forward_model="", checkpoint_files="", model_factory="",
-                validation="", last_k=3, k_neighbours=5, output_dir=str(d / "out"), run_demos=False, seed=0)
+                validation="", last_k=3, k_neighbours=5, callable_timeout=60.0, output_dir=str(d / "out"), run_demos=False, seed=0)
 
 
 def base_03_files(d: Path) -> dict:
@@ -272,7 +272,7 @@ def base_03_files(d: Path) -> dict:
     np.savez(d / "validation.npz", **a03("validation"))
     return dict(checkpoints="", forward_model="", checkpoint_files=str(d / "ckpt" / "*.pt"),
                 model_factory="helpers.checkpoint_divergence.lab:make_model", validation=str(d / "validation.npz"),
-                last_k=3, k_neighbours=5, output_dir=str(d / "out"), run_demos=False, seed=0)
+                last_k=3, k_neighbours=5, callable_timeout=60.0, output_dir=str(d / "out"), run_demos=False, seed=0)
 
 
 def base_04(d: Path) -> dict:
@@ -282,7 +282,7 @@ def base_04(d: Path) -> dict:
     shutil.copy(DATA_SAMPLES / "04_roc_collapse" / "roc_naive.py", d / "roc_naive.py")
     return dict(history=str(d / "history.json"), scores=str(d / "scores.parquet"), fpr_targets=[1e-4, 1e-3],
                 tpr_targets=[0.5, 0.85], seen_ids=str(d / "seen_ids.parquet"),
-                roc_function=f"{d / 'roc_naive.py'}:roc", n_bootstrap=100, output_dir=str(d / "out"),
+                roc_function=f"{d / 'roc_naive.py'}:roc", n_bootstrap=100, callable_timeout=60.0, output_dir=str(d / "out"),
                 run_demos=False, seed=0)
 
 

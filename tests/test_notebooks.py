@@ -75,4 +75,4 @@ def test_plain_papermill_runs_quiet(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "without encryption" not in done.stderr, done.stderr
     out = json.loads((tmp_path / "out.ipynb").read_text())
-    assert out["cells"][0]["outputs"][0]["text"] == "hello\n"
+    assert "".join(out["cells"][0]["outputs"][0]["text"]) == "hello\n"

@@ -60,7 +60,7 @@ def sk_history(df, fpr_targets, tpr_targets, source="score"):
 
 def params(tmp_path, **kw):
     return {"history": "", "scores": str(tmp_path / "scores.parquet"), "fpr_targets": [1e-3, 1e-2],
-            "tpr_targets": [0.5, 0.9], "seen_ids": "", "roc_function": "", "n_bootstrap": 200,
+            "tpr_targets": [0.5, 0.9], "seen_ids": "", "roc_function": "", "n_bootstrap": 200, "callable_timeout": 60.0,
             "output_dir": str(tmp_path / "out"), "run_demos": False, "seed": 0, **kw}
 
 

@@ -126,7 +126,8 @@ def epoch_of(param: str, path: Path, obj: Any) -> int:
 
 
 
-def load_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep_last: int = 5) -> LoadedCheckpoints:
+def load_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep_last: int = 5,
+                          timeout: float | None = None) -> LoadedCheckpoints:
     """Load every checkpoint, predict the validation set (and the experiment), build the npz arrays."""
     import torch
 
@@ -138,7 +139,7 @@ def load_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep
         raise InputError("model_factory", "is required with checkpoint_files: 'module:function' returning the nn.Module")
     if not validation.strip():
         raise InputError("validation", "is required with checkpoint_files: an npz with 'x' inputs and 'target' (N, P)")
-    factory = load_callable("model_factory", factory_spec)
+    factory = load_callable("model_factory", factory_spec, timeout)
     try:
         model = factory()
     except Exception as exc:

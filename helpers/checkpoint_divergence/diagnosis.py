@@ -36,7 +36,7 @@ from helpers.params import check_range, check_types, drop_sample_companions, loa
 NOTEBOOK = "03_checkpoint_divergence"
 PARAMETER_TYPES = {
     "checkpoints": str, "forward_model": str, "checkpoint_files": str, "model_factory": str, "validation": str,
-    "last_k": int, "k_neighbours": int, "output_dir": str, "run_demos": bool, "seed": int,
+    "last_k": int, "k_neighbours": int, "callable_timeout": float, "output_dir": str, "run_demos": bool, "seed": int,
 }
 FINDING_IDS = ("experiment_sparse_coverage", "experiment_outside_support", "swing_within_noise",
                "selection_does_not_generalize", "ensemble_improves")
@@ -186,6 +186,7 @@ def _check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
     check_range("last_k", p["last_k"], 2, 1000)
     check_range("k_neighbours", p["k_neighbours"], 1, 100)
     check_range("seed", p["seed"], 0, None)
+    check_range("callable_timeout", p["callable_timeout"], 0.1, None)
     return p
 
 
@@ -198,7 +199,8 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun]:
     p = _check_parameters(params)
     route = ["checkpoint_files", "validation"] if p["checkpoint_files"].strip() else ["checkpoints"]
     if p["checkpoint_files"].strip():
-        run = _from_checkpoint_files(p["checkpoint_files"], p["model_factory"], p["validation"], p["last_k"])
+        run = _from_checkpoint_files(p["checkpoint_files"], p["model_factory"], p["validation"], p["last_k"],
+                                     p["callable_timeout"])
         p["checkpoints"] = ""  # not read on this route: the summary records what was used
         read = ("checkpoint_files", "model_factory", "validation", "forward_model")
     else:
@@ -216,7 +218,8 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun]:
     # the run's own files are checked first (their faults say more); then the sample's forward model is
     # not applied to your checkpoints, and your forward model not to the sample's
     dropped = drop_sample_companions(p, NOTEBOOK, route, ["forward_model"])
-    forward = load_callable("forward_model", p["forward_model"]) if p["forward_model"].strip() else None
+    forward = (load_callable("forward_model", p["forward_model"], p["callable_timeout"])
+               if p["forward_model"].strip() else None)
     if forward is not None:
         check_forward(forward, run)
     run.forward, run.forward_model = forward, p["forward_model"]
@@ -225,11 +228,12 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict, CheckpointRun]:
     return p, run
 
 
-def _from_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep_last: int) -> CheckpointRun:
+def _from_checkpoint_files(pattern: str, factory_spec: str, validation: str, keep_last: int,
+                           timeout: float | None = None) -> CheckpointRun:
     """The run the checkpoint files give (:func:`helpers.checkpoint_divergence.checkpoint_files.load_checkpoint_files`),
     validated like a ``checkpoints`` npz; the model and the last ``keep_last`` state dicts ride along for the
     weight average."""
-    loaded = cf.load_checkpoint_files(pattern, factory_spec, validation, keep_last)
+    loaded = cf.load_checkpoint_files(pattern, factory_spec, validation, keep_last, timeout)
     run = CheckpointRun.from_arrays(loaded.arrays, "validation", loaded.validation, source="checkpoint files")
     run.val_x, run.experiment_x, run.model = loaded.val_x, loaded.experiment_x, loaded.model
     run.tail_states = loaded.tail_states

@@ -32,7 +32,7 @@ FINDING_IDS = (
 )
 PARAMETER_TYPES = {
     "history": str, "scores": str, "fpr_targets": list, "tpr_targets": list, "seen_ids": str, "roc_function": str,
-    "n_bootstrap": int, "output_dir": str, "run_demos": bool, "seed": int,
+    "n_bootstrap": int, "callable_timeout": float, "output_dir": str, "run_demos": bool, "seed": int,
 }
 # score_saturation_ties: the share of positives whose side of the threshold is decided by tie order
 TIE_GAP = 0.05
@@ -130,6 +130,7 @@ def load_inputs(params: Mapping) -> tuple[dict, Run]:
     p["tpr_targets"] = _rates("tpr_targets", p["tpr_targets"], allow_empty=True)
     check_range("n_bootstrap", p["n_bootstrap"], 100, 100_000)
     check_range("seed", p["seed"], 0, None)
+    check_range("callable_timeout", p["callable_timeout"], 0.1, None)
     dropped = drop_sample_companions(p, NOTEBOOK, ["scores"], ["history", "seen_ids", "roc_function"])
     scores = load_scores("scores", p["scores"])
     history = load_history("history", p["history"]) if p["history"].strip() else None
@@ -137,7 +138,7 @@ def load_inputs(params: Mapping) -> tuple[dict, Run]:
     if p["seen_ids"].strip():
         seen = load_table("seen_ids", p["seen_ids"], {"epoch": "count", "sample_id": "key"},
                           {"rank": "count", "worker": "count"})
-    fn = load_callable("roc_function", p["roc_function"]) if p["roc_function"].strip() else None
+    fn = load_callable("roc_function", p["roc_function"], p["callable_timeout"]) if p["roc_function"].strip() else None
     read = [k for k in ("scores", "history", "seen_ids", "roc_function") if p[k].strip()]
     inputs = input_files({k: p[k] for k in read})
     if history is not None and "history" not in inputs and locate(p["history"], "any") is not None:
