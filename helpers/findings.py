@@ -46,8 +46,11 @@ class Finding:
         return self.status == "detected"
 
     def _repr_markdown_(self) -> str:
+        """The finding as one Markdown line; the message is escaped (it may quote names from the user's files)."""
+        import html
+
         mark = {"detected": "⚠️" if self.severity != "info" else "ℹ️", "not_detected": "✅", "not_applicable": "➖"}
-        return f"{mark[self.status]} **{self.status}** ({self.severity}) `{self.id}`: {self.message}"
+        return f"{mark[self.status]} **{self.status}** ({self.severity}) `{self.id}`: {html.escape(self.message)}"
 
 
 def not_applicable(finding_id: str, message: str, severity: Severity = "info") -> Finding:

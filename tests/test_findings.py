@@ -106,3 +106,9 @@ def test_what_to_change_lists_the_detected_actions_by_severity_and_escapes_them(
     assert "ok" not in text
     healthy = what_to_change([Finding("ok", "not_detected", "info", "m")], checks=1)
     assert healthy.startswith("**Nothing to change.**") and "1 checks" in healthy
+
+
+def test_a_finding_shown_in_a_notebook_escapes_its_message():
+    f = Finding("g", "detected", "warning", "group <script>alert(1)</script> got worse", action="reweight")
+    shown = f._repr_markdown_()
+    assert "<script>" not in shown and "&lt;script&gt;" in shown
