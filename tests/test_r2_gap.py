@@ -1,5 +1,6 @@
 """Notebook 01's findings on simulated runs that are not the sample run, driven through its face."""
 
+import html
 import json
 import tempfile
 from dataclasses import replace
@@ -9,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from face import defaults, pipeline
-from sklearn.metrics import r2_score
+from sklearn.metrics import explained_variance_score, r2_score
 
+from helpers.findings import what_to_change
 from helpers.io import InputError
 from helpers.r2_gap import diagnosis as dx
 from helpers.r2_gap.simulate import R2GapConfig, simulate
@@ -199,20 +201,144 @@ def test_padding_ranks_do_not_depend_on_row_order(tmp_path):
     assert d.padding["r2_without_duplicates"] == pytest.approx(shuffled.padding["r2_without_duplicates"], abs=1e-12)
 
 
-def test_gap_account_splits_the_sample_gap(tmp_path):
+def account_sums(acc: pd.DataFrame) -> pd.Series:
+    """start + every part: the number each row of the gap account rebuilds."""
+    return acc["start"] + acc[list(dx.ACCOUNT_PARTS)].fillna(0).sum(axis=1)
+
+
+def test_gap_account_has_a_row_per_logged_number_each_reproduced_or_unexplained(tmp_path):
+    """Item 2 of the issue: every logged number of the sample, the worst session's 0.127 included."""
     table, reported = simulate(R2GapConfig())
     r = diagnosed(tmp_path, table, reported, n_bootstrap=100)
     d = r.diagnosis
-    gaps = dx.gap_account(d).set_index("quantity")["R²"]
-    pooled = r2_score(table.drop_duplicates(["sample_id", "channel"]).y_true,
-                      table.drop_duplicates(["sample_id", "channel"]).y_pred)
-    assert gaps["pooled R², computed correctly"] == pytest.approx(pooled, abs=1e-12)
-    assert gaps["gap from the computation (logged - pooled)"] == pytest.approx(0.487 - pooled, abs=1e-12)
-    real = gaps["gap from between-session variance (pooled - within)"]
-    assert real == pytest.approx(pooled - d.sessions["r2_within"], abs=1e-12) and real > dx.MIN_SESSION_GAP
+    acc = dx.gap_account(d)
+    logged = [("overall", k) for k in ("r2", "corr")] + [(s, k) for s in reported["per_session"] for k in ("r2", "corr")]
+    assert acc["number"].tolist() == [f"{'overall' if s == 'overall' else 'session ' + s} {k}" for s, k in logged]
+    assert set(acc["status"]) <= {"correct", "bug"}
+    assert (acc["rest"].abs() <= acc["tolerance"]).all()  # reproduced within the printed precision
+    assert np.allclose(account_sums(acc), acc["logged"], atol=1e-12)  # the parts add up to each number
+    dedup = table.drop_duplicates(["sample_id", "channel"])
+    pooled = r2_score(dedup.y_true, dedup.y_pred)
+    row = acc.set_index("number").loc["session 160819 r2"]
+    worst = dedup[dedup.session == 160819]
+    assert row["logged"] == 0.127 and row["status"] == "correct" and row["computation"] == 0
+    assert row["start"] == pytest.approx(pooled, abs=1e-12)
+    # the session's own shortfall is attributed: between sessions, its difficulty, its bias
+    assert row["between_sessions"] == pytest.approx(d.sessions["r2_within"] - pooled, abs=1e-12)
+    ev = explained_variance_score(worst.y_true, worst.y_pred)
+    assert row["session_difficulty"] == pytest.approx(ev - d.sessions["r2_within"], abs=1e-12) and row["session_difficulty"] < -0.1
+    assert row["session_bias"] == pytest.approx(r2_score(worst.y_true, worst.y_pred) - ev, abs=1e-12)
+    over = acc.set_index("number").loc["overall r2"]
+    assert over["status"] == "bug" and over["computation"] + over["rest"] == pytest.approx(0.487 - pooled, abs=1e-12)
+    verdict = dx.gap_verdict(d)
+    assert "12 logged number(s): 10 reproduced by the correct computation, 2 by a buggy one, 0 unexplained" in verdict
+    assert f"{0.487 - 0.127:.3f}" in verdict and f"{-row['session_difficulty']:+.3f}" in verdict
+    # the worst session's own shortfall is larger than its sampling noise
+    assert f"by {row['session_difficulty'] + row['session_bias']:+.3f}" in verdict
+    assert "excludes it, so that difference is larger than the session's sampling noise" in verdict
     m = r.summary.metrics
-    assert m == dx.metrics(d)
-    assert m["gap_from_computation"] == pytest.approx(0.487 - pooled) and m["gap_from_between_sessions"] == pytest.approx(real)
-    # without a logged number or sessions, only what can be computed is listed
-    bare = dx.gap_account(diagnosed(tmp_path, table[["y_true", "y_pred"]], {}).diagnosis)
-    assert bare["quantity"].tolist() == ["pooled R², computed correctly"]
+    assert m == dx.metrics(d) and m["n_logged_unexplained"] == 0
+    assert m["gap_from_computation"] == pytest.approx(0.487 - pooled)
+    assert m["gap_from_between_sessions"] == pytest.approx(pooled - d.sessions["r2_within"])
+
+
+def test_gap_account_marks_numbers_logged_elsewhere_as_unexplained(tmp_path):
+    table, reported = simulate(replace(CLEAN, session_shift=1.5))
+    reported["per_session"]["s2"]["r2"] = 0.9991  # no computation on these predictions gives it
+    r = diagnosed(tmp_path, table, reported)
+    acc = dx.gap_account(r.diagnosis).set_index("number")
+    bad = acc.loc["session s2 r2"]
+    assert bad["status"] == "unexplained" and np.isnan(bad["computation"])
+    assert bad["rest"] == pytest.approx(0.9991 - r.diagnosis.reconciliation.set_index(["session", "reported"]).loc[
+        ("s2", "r2"), "correct_value"], abs=1e-12)
+    assert (acc.drop("session s2 r2")["status"] == "correct").all()
+    assert np.allclose(account_sums(acc.reset_index()), acc["logged"], atol=1e-12)
+    verdict = dx.gap_verdict(r.diagnosis)
+    assert "1 unexplained" in verdict and "Not accounted for" in verdict and "session s2 r2 = 0.9991" in verdict
+    assert r.found["reported_unexplained"].detected and r.summary.metrics["n_logged_unexplained"] == 1
+
+
+def test_gap_account_without_logged_numbers(tmp_path):
+    table, _ = simulate(CLEAN)
+    for t in (table, table[["y_true", "y_pred"]]):
+        d = diagnosed(tmp_path, t, {}).diagnosis
+        assert dx.gap_account(d).empty and "No logged numbers" in dx.gap_verdict(d)
+        assert dx.metrics(d)["gap_from_computation"] is None
+
+
+def test_user_text_is_escaped_in_rendered_markdown(tmp_path):
+    table, reported = simulate(replace(CLEAN, sessions=("<b>s1</b>", "s&2", "s3", "s4")))
+    reported["per_session"]["<b>s1</b>"]["r2"] = 0.001
+    r = diagnosed(tmp_path, table, reported)
+    for text in (dx.symptom(r.diagnosis), dx.gap_verdict(r.diagnosis)):
+        assert "<b>" not in text and "&lt;b&gt;s1&lt;/b&gt;" in text
+
+
+# ----------------------------------------------------------------------------- actions
+RUNS = {  # runs that differ from the sample: each a configuration and the findings it must detect
+    "sample-like": (R2GapConfig(seed=3, sessions=tuple(range(6)), samples_per_session=45, n_channels=2, world_size=4,
+                                batch_size=12), None),
+    "clean": (replace(CLEAN, session_shift=0.0), set()),
+    "sessions only": (replace(CLEAN, session_shift=1.5), {"between_session_variance"}),
+    "rank 0 only": (replace(CLEAN, session_shift=0.0, sessions=tuple("abcde"), rank0_only=True), {"unsynced_rank_metrics"}),
+    "padding": (replace(CLEAN, session_shift=0.0, sessions=tuple("abcde"), keep_padding=True),
+                {"sampler_padding_duplicates"}),
+}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_what_to_change_lists_exactly_the_detected_actions(tmp_path, name):
+    cfg, expected = RUNS[name]
+    table, reported = simulate(cfg)
+    r = diagnosed(tmp_path, table, reported)
+    found = r.found
+    det = {k for k, f in found.items() if f.detected}
+    if expected is not None:
+        assert det == expected
+    text = what_to_change(found.values(), checks=len(found))
+    for k, f in found.items():
+        assert (f"**{k}**" in text) == f.detected, k
+        assert bool(f.action) == f.detected, k  # the dataclass forbids the other way round
+        if f.detected:
+            assert html.escape(f.action) in text
+    if not det:
+        assert text.startswith("**Nothing to change.**")
+    written = json.loads((Path(r.params["output_dir"]) / "summary.json").read_text())["findings"]
+    assert {k: v["action"] for k, v in written.items()} == {k: f.action for k, f in found.items()}
+
+
+def test_actions_quote_this_runs_numbers(tmp_path):
+    """Each action carries the measurement behind it, formatted from the run (not the sample's constants)."""
+    table, reported = simulate(RUNS["sample-like"][0])
+    r = diagnosed(tmp_path, table, reported)
+    d, f = r.diagnosis, r.found
+    rec = d.reconciliation.iloc[0]
+    correct = f"{rec['correct_value']:.4f}"
+    assert correct != "0.3435"
+    for fid in ("unsynced_rank_metrics", "batch_averaged_r2", "explained_variance_as_r2"):
+        assert f[fid].detected and correct in f[fid].action and f"r2={rec['value']:g}" in f[fid].action, fid
+    # "this change alone" is the candidate with that one departure corrected
+    dedup = table.drop_duplicates(["sample_id", "channel"])
+    r0 = table[table["rank"] == 0]
+    per_batch_r2 = np.mean([r2_score(b.y_true, b.y_pred) for _, b in r0.groupby("batch") if len(b) > 2])
+    assert f"as R², that computation gives {per_batch_r2:.4f}" in f["explained_variance_as_r2"].action
+    p = d.padding
+    assert f"from {p['r2_without_duplicates']:.4f} to {p['r2_with_duplicates']:.4f}" in f["sampler_padding_duplicates"].action
+    assert f"{r2_score(dedup.y_true, dedup.y_pred):.4f}" in f["sampler_padding_duplicates"].action
+    ps = d.per_session
+    assert f"{ps['r2'].min():.3f}" in f["between_session_variance"].action
+
+
+def test_lab_support_reads_the_labs_numbers():
+    from helpers.r2_gap import lab
+
+    methods = ["rank 0 only", "seed Fix 1: all-reduce mean of per-rank R² and r", "seed Fix 2 with its sums all-reduced",
+               "exact: all-reduced sufficient statistics, incl. duplicates",
+               "exact: all-reduced sufficient statistics, duplicates removed"]
+    table = pd.DataFrame({"method": methods, "r2_error": [0.0123, -0.0045, -0.1567, -0.00089, 2e-9]})
+    ranks = pd.DataFrame({"n": [3, 3], "n_duplicates": [0, 1]})
+    s = lab.support(table, ranks)
+    assert set(s) == {"unsynced_rank_metrics", "rank_averaged_metrics", "batch_averaged_r2", "sampler_padding_duplicates"}
+    assert "+0.0123" in s["unsynced_rank_metrics"] and "-0.0045" in s["rank_averaged_metrics"]
+    assert "-0.1567" in s["batch_averaged_r2"] and "-8.90e-04" in s["sampler_padding_duplicates"]
+    assert all("2.0e-09" in v and "2 processes, 6 rows of which 1 padded" in v for v in s.values())

@@ -1,7 +1,9 @@
 """Notebook 01 end to end: the sample run (executed once per suite), one new run and one refusal
 by papermill; everything else through the face in-process, as the notebook's cells drive it."""
 
+import html
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +25,26 @@ def status(summary: dict) -> dict:
     return {k: f["status"] for k, f in summary["findings"].items()}
 
 
+def rendered(executed: Path, call: str) -> str:
+    """The Markdown that the code cell calling ``call`` rendered in the executed notebook."""
+    nb = json.loads(Path(executed).read_text())
+    cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and call in "".join(c["source"]))
+    return "".join("".join(o["data"]["text/markdown"]) for o in cell["outputs"] if "text/markdown" in o.get("data", {}))
+
+
+def check_what_to_change(summary: dict, executed: Path) -> str:
+    """The rendered "What to change" lists exactly the detected findings' actions, as summary.json carries them."""
+    text = rendered(executed, "what_to_change(")
+    for fid, f in summary["findings"].items():
+        detected = f["status"] == "detected"
+        assert bool(f["action"]) == detected, fid
+        if detected:
+            assert f"**{fid}**" in text and html.escape(f["action"]) in text, fid
+        else:
+            assert fid not in text, fid
+    return text
+
+
 # ----------------------------------------------------------------------------- the sample run
 @pytest.mark.notebook
 @pytest.mark.xdist_group(NAME)
@@ -39,6 +61,32 @@ def test_sample_run_from_another_directory(sample_execution):
     assert lab["torchmetrics R2Score + PearsonCorrCoef, duplicates removed"] < 1e-6
     assert lab["seed Fix 1: all-reduce mean of per-rank R² and r"] > 1e-4
     assert executed.exists() and len(list((executed.parent / "figures").glob("*.png"))) >= 4
+
+
+@pytest.mark.notebook
+@pytest.mark.xdist_group(NAME)
+def test_sample_run_renders_what_to_change_and_the_gap_account(sample_execution):
+    summary, executed = sample_execution(NAME)
+    text = check_what_to_change(summary, executed)
+    lab = summary["metrics"]["lab"]["r2_abs_error"]
+    # the lab's measurements support the fixes it tested, with its own numbers
+    assert text.count("*Measured in the lab:*") == 3  # unsynced ranks, batch averaging, padding
+    assert f"within {lab['exact: all-reduced sufficient statistics, duplicates removed']:.1e}" in text
+    assert f"by {lab['rank 0 only']:+.4f}" in text
+    verdict = rendered(executed, "dx.gap_verdict(")
+    assert "12 logged number(s): 10 reproduced by the correct computation, 2 by a buggy one, 0 unexplained" in verdict
+    assert "against session 160819's 0.127 (a gap of 0.360)" in verdict
+
+
+def test_no_markdown_cell_states_a_number_of_the_sample_run():
+    """Numbers about the run are printed by cells; the source's numbers are labelled as the source's."""
+    from helpers.paths import NOTEBOOKS
+
+    nb = json.loads((NOTEBOOKS / f"{NAME}.ipynb").read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    for number in ("0.487", "0.681", "0.127", "0.343", "0.299", "0.045", "0.360", "1696", "160819", "420", "424", "405"):
+        assert number not in text, number
+    assert "In the source analysis" in text and "0.479" in text and "first_occurrence" not in text
 
 
 @pytest.mark.notebook
@@ -81,6 +129,9 @@ def test_on_a_new_clean_run_with_csv_and_no_channels(tmp_path, elsewhere, capfd)
     assert not [k for k, v in status(summary).items() if v == "detected"]
     assert list(summary["dropped"]) == ["reported"] and summary["parameters"]["reported"] == ""
     assert "lab" not in summary["metrics"]
+    text = check_what_to_change(summary, tmp_path / "out" / f"{NAME}.ipynb")
+    assert text.startswith("**Nothing to change.** None of this notebook's 8 checks found a problem")
+    assert all(not f["action"] for f in summary["findings"].values())
     assert not summary["sample_run"] and summary["inputs"] == {"predictions": str(elsewhere / "preds.csv")}
     # the kernel's transport warning no longer buries the lines that matter
     assert "without encryption" not in capfd.readouterr().err

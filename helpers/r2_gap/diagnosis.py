@@ -10,6 +10,7 @@ The face every notebook's diagnosis shares: ``load_inputs(params) -> (params, R2
 
 from __future__ import annotations
 
+import html
 import math
 import warnings
 from collections.abc import Mapping
@@ -158,6 +159,7 @@ class Diagnosis:
     batches: dict | None = None  # variance decomposition by (rank, batch)
     anova: tuple[float, float] = (np.nan, np.nan)
     padding: dict = field(default_factory=dict)
+    multioutput: str = "flat"  # the convention of per_session, intervals and sessions
 
     @property
     def headline(self) -> pd.Series:
@@ -173,7 +175,8 @@ def diagnose(run: R2Run, params: Mapping) -> Diagnosis:
     table, reported, multioutput = run.table, dict(run.reported), params["multioutput"]
     g = reg.group_run(table)
     d = Diagnosis(table, g, reported, reg.candidate_table(g),
-                  reg.reconcile(g, reported, params["tolerance"]) if reported else pd.DataFrame())
+                  reg.reconcile(g, reported, params["tolerance"]) if reported else pd.DataFrame(),
+                  multioutput=multioutput)
     if g.has["session"]:
         d.per_session = reg.per_group_metrics(g, "session", multioutput)
         d.intervals = reg.bootstrap_r2(table, "session", n_boot=params["n_bootstrap"], seed=params["seed"],
@@ -205,7 +208,54 @@ def _explanation(row) -> str:
     return f"{row['metric']} {row['aggregation']} over {row['scope']} ({row['multioutput']}) = {row['candidate_value']:.4f}"
 
 
-def _reported_finding(d: Diagnosis, fid: str, needs: str | None, test, severity: str, fix: str, what: str) -> Finding:
+def _candidates_of(d: Diagnosis, session) -> pd.DataFrame:
+    """The candidate table of the whole run (``session`` None) or of one logged session (its JSON key)."""
+    if session is None or pd.isna(session):
+        return d.candidates
+    by_text = {reg.session_label(s): s for s in d.run.sessions}
+    return reg.candidate_table(d.run, by_text[reg.session_label(session)])
+
+
+def _alone(d: Diagnosis, row, **change) -> float | None:
+    """What the computation that reproduces ``row`` gives with one departure corrected (None: not a candidate)."""
+    want = {k: row[k] for k in ("scope", "aggregation", "metric", "multioutput")} | change
+    c = _candidates_of(d, row["session"])
+    hit = c[np.logical_and.reduce([c[k] == v for k, v in want.items()])]
+    return float(hit["value"].iloc[0]) if len(hit) else None
+
+
+def _all_ranks(d: Diagnosis) -> str:
+    """The scope of every rank's rows, as a script that syncs but keeps the padding would see them."""
+    return "all incl. duplicates" if d.run.n_duplicate_rows else "all"
+
+
+_COMPUTATION_FIXES = {  # what to change, and the one departure it corrects
+    "unsynced_rank_metrics": ("Compute the metric over every rank's rows (all-reduce the sums, `pooled_r2` printed below), "
+                              "not over one rank's shard", lambda d, r: {"scope": _all_ranks(d)}, "over all ranks"),
+    "rank_averaged_metrics": ("All-reduce the sums and compute the metric once (`pooled_r2` printed below) instead of "
+                              "averaging per-rank values", lambda d, r: {"scope": _all_ranks(d)}, "pooled over the ranks"),
+    "batch_averaged_r2": ("Accumulate sums over the whole validation set and compute the metric once at the end, not per "
+                          "batch", lambda d, r: {"aggregation": "pooled"}, "pooled over the batches"),
+    "explained_variance_as_r2": ("Log `r2_score` (1 - SSE/SST) as R², not explained variance, which forgives a constant "
+                                 "bias", lambda d, r: {"metric": "r2"}, "as R²"),
+    "squared_correlation_as_r2": ("Log `r2_score` (1 - SSE/SST) as R², not the squared Pearson r, which forgives bias and "
+                                  "scale", lambda d, r: {"metric": "r2"}, "as R²"),
+}
+
+
+def _computation_action(d: Diagnosis, fid: str, hits: pd.DataFrame) -> str:
+    what, change, how = _COMPUTATION_FIXES[fid]
+    first = hits.iloc[0]
+    alone = _alone(d, first, **change(d, first))
+    correct = f"{first['correct_value']:.4f}"
+    tail = (f", and the correct computation gives {correct}" if alone is None else
+            f"; {how}, it gives the correct value {correct}" if f"{alone:.4f}" == correct else
+            f"; {how}, that computation gives {alone:.4f}, and the correct computation gives {correct}")
+    more = f" ({len(hits)} logged numbers in all)" if len(hits) > 1 else ""
+    return f"{what}: logged {_label(first)} is {_explanation(first)}{tail}{more}."
+
+
+def _reported_finding(d: Diagnosis, fid: str, needs: str | None, test, severity: str, what: str) -> Finding:
     if not d.reported:
         return not_applicable(fid, "No reported JSON given (parameter 'reported'): nothing to reconcile.")
     if needs and not d.run.has[needs]:
@@ -220,8 +270,8 @@ def _reported_finding(d: Diagnosis, fid: str, needs: str | None, test, severity:
         first = hits.iloc[0]
         more = f" (and {len(hits) - 1} more logged numbers)" if len(hits) > 1 else ""
         msg = (f"Logged {_label(first)} is reproduced by {what} [{_explanation(first)}], "
-               f"not by the pooled value {first['correct_value']:.4f}{more}: {fix}")
-        return Finding(fid, "detected", severity, msg, evidence)
+               f"not by the pooled value {first['correct_value']:.4f}{more}.")
+        return Finding(fid, "detected", severity, msg, evidence, _computation_action(d, fid, hits))
     return Finding(fid, "not_detected", "info", f"No logged number is explained by {what}.", evidence)
 
 
@@ -229,21 +279,16 @@ def findings(d: Diagnosis) -> list[Finding]:
     """Every finding of notebook 01, in :data:`FINDING_IDS` order."""
     out = [
         _reported_finding(d, "unsynced_rank_metrics", "rank", lambda r: r["scope"].startswith("rank "), "critical",
-                          "all-reduce sufficient statistics across ranks (or torchmetrics with sync) before computing the metric.",
                           "one rank's shard"),
         _reported_finding(d, "rank_averaged_metrics", "rank", lambda r: r["scope"] == "mean over ranks", "warning",
-                          "averaging per-rank R² or r is not the pooled value; all-reduce sums instead.",
                           "a mean of per-rank values"),
         _reported_finding(d, "batch_averaged_r2", "batch", lambda r: r["aggregation"] == "batch mean", "critical",
-                          "accumulate sums over the whole set and compute the metric once at the end.",
                           "a mean of per-batch values"),
         _reported_finding(d, "explained_variance_as_r2", None,
                           lambda r: r["reported"] == "r2" and r["metric"] == "explained_variance", "warning",
-                          "explained variance ignores a constant bias; log r2_score (1 - SSE/SST) as R².",
                           "explained variance"),
         _reported_finding(d, "squared_correlation_as_r2", None,
                           lambda r: r["reported"] == "r2" and r["metric"] == "pearson_r_squared", "warning",
-                          "r² of the correlation ignores bias and scale; it is not the coefficient of determination.",
                           "squared Pearson r"),
         _padding_finding(d),
         _between_session_finding(d),
@@ -264,8 +309,14 @@ def _padding_finding(d: Diagnosis) -> Finding:
     ranks = f" (held by ranks {p['ranks_with_repeated_samples']})" if p["ranks_with_repeated_samples"] else ""
     msg = (f"{p['n_duplicate_rows']} of {p['n_rows']} rows repeat an already evaluated sample{ranks} "
            f"(DistributedSampler padding); pooled R² {p['r2_with_duplicates']:.4f} with them vs "
-           f"{p['r2_without_duplicates']:.4f} without: drop repeats by sample id before reducing.")
-    return Finding(fid, "detected", sev, msg, {**p, "r2_effect": effect})
+           f"{p['r2_without_duplicates']:.4f} without.")
+    moved = (f"the {p['n_duplicate_rows']} repeated rows move pooled R² from {p['r2_without_duplicates']:.4f} to "
+             f"{p['r2_with_duplicates']:.4f} ({effect:+.4f})")
+    action = (f"Count each sample once across ranks before reducing (`unique_rows` printed below; a per-rank "
+              f"de-duplication cannot see repeats that sit on other ranks): {moved}." if sev == "warning" else
+              f"Counting each sample once across ranks (`unique_rows` printed below) matters little here: {moved}, "
+              f"less than the {PADDING_EFFECT:g} this notebook counts as mattering for a logged R².")
+    return Finding(fid, "detected", sev, msg, {**p, "r2_effect": effect}, action)
 
 
 def _between_session_finding(d: Diagnosis) -> Finding:
@@ -283,8 +334,16 @@ def _between_session_finding(d: Diagnosis) -> Finding:
     if gap >= MIN_SESSION_GAP and np.isfinite(p_value) and p_value < ANOVA_ALPHA:
         msg = (f"Sessions differ in mean ({100 * s['eta2']:.0f}% of target variance is between sessions, ANOVA "
                f"p={p_value:.1e}): pooled R² {s['r2_pooled']:.3f} exceeds within-session R² {s['r2_within']:.3f} by "
-               f"{gap:.3f} as a matter of statistics, not a bug; report per-session R² for held-out sessions.")
-        return Finding(fid, "detected", "info", msg, ev)
+               f"{gap:.3f} as a matter of statistics, not a bug.")
+        ps = d.per_session.dropna(subset=["r2"])
+        here = ""
+        if len(ps):
+            lo, hi = ps.loc[ps["r2"].idxmin()], ps.loc[ps["r2"].idxmax()]
+            here = (f" (here from {lo['r2']:.3f} in session {reg.session_label(lo['session'])} to {hi['r2']:.3f} in "
+                    f"session {reg.session_label(hi['session'])})")
+        action = (f"Report each held-out session's own R² with its interval{here} rather than the pooled R² "
+                  f"{s['r2_pooled']:.3f}, which is {gap:.3f} above the within-session R² only because session means differ.")
+        return Finding(fid, "detected", "info", msg, ev, action)
     return Finding(fid, "not_detected", "info",
                    f"Pooled R² {s['r2_pooled']:.3f} and within-session R² {s['r2_within']:.3f} differ by {gap:.3f}: "
                    "session means explain no meaningful part of the gap.", ev)
@@ -299,32 +358,146 @@ def _unexplained_finding(d: Diagnosis) -> Finding:
     if len(bad) == 0:
         return Finding(fid, "not_detected", "info", "Every logged number is reproduced by some candidate computation.")
     ev = {"numbers": [_label(r) for _, r in bad.iterrows()]}
+    first = bad.iloc[0]
+    action = (f"Log the metric from the same predictions you save (same epoch, split and checkpoint), so that the log "
+              f"can be checked: {len(bad)} logged number(s), e.g. {_label(first)} (correct value on these predictions "
+              f"{first['correct_value']:.4f}), match no computation on them.")
     return Finding(fid, "detected", "warning",
-                   f"{len(bad)} logged number(s), e.g. {_label(bad.iloc[0])}, match no candidate computation on these "
-                   "predictions: were they logged on other data (another epoch, split or checkpoint)?", ev)
+                   f"{len(bad)} logged number(s), e.g. {_label(first)}, match no candidate computation on these "
+                   "predictions: were they logged on other data (another epoch, split or checkpoint)?", ev, action)
+
+
+def symptom(d: Diagnosis) -> str:
+    """This run's version of the symptom: what it logged, and what its predictions give (Markdown, escaped)."""
+    esc, rep = html.escape, d.reported
+    overall = ", ".join(f"{k}={rep[k]}" for k in ("r2", "corr") if k in rep)
+    lines = [f"**This run** logged overall {esc(overall)}." if overall else
+             "**This run** logged no overall number." if rep else
+             "**This run** came with no logged numbers (parameter `reported` is empty)."]
+    per = {s: float(v["r2"]) for s, v in (rep.get("per_session") or {}).items() if "r2" in v}
+    if per:
+        lo, hi = min(per, key=per.get), max(per, key=per.get)
+        lines.append(f"Its logged per-session r2 run from {per[lo]:g} (session {esc(lo)}) to {per[hi]:g} "
+                     f"(session {esc(hi)}).")
+    within = f", within-session R² {d.sessions['r2_within']:.4f}" if d.sessions is not None else ""
+    lines.append(f"Its predictions give pooled R² {float(d.headline['r2']):.4f} (each sample once){within}.")
+    return " ".join(lines)
+
+
+# --------------------------------------------------------------------------- the gap account
+ACCOUNT_PARTS = ("computation", "between_sessions", "session_difficulty", "session_bias", "rest")
 
 
 def gap_account(d: Diagnosis) -> pd.DataFrame:
-    """The logged R² against the per-session view, split into its two causes.
+    """Every logged number, accounted for: one row each, in the order of the JSON.
 
-    ``computation`` = logged - correct pooled R² (what the buggy computation adds);
-    ``between sessions`` = pooled - within-session R² (real: session means differ).
-    Rows whose inputs are missing (no logged r2, no session column) are left out.
+    A logged R² starts from the correct pooled R² (``start``); a logged correlation from the correct
+    value of its own scope. The parts add up to the logged number (NaN parts count as 0):
+
+    * ``computation`` = reproducing candidate - correct value (the bug; 0 when the correct
+      computation reproduces it);
+    * for a session's R²: ``between_sessions`` = within-session R² - pooled R² (real: pooled R²
+      credits the session means), ``session_difficulty`` = the session's explained variance -
+      within-session R² (real: how much less, or more, of this session's own variance the model
+      explains than of the average session's), ``session_bias`` = the session's R² - its
+      explained variance (the model misses the session's mean: a model error, not the metric's);
+    * ``rest``: the logged number's rounding (at most its ``tolerance``), or, when no candidate
+      reproduces it (``status`` unexplained), all that is left.
+
+    Multi-channel R² is flattened here, the convention the logged numbers are matched in.
     """
-    pooled_r2 = d.sessions["r2_pooled"] if d.sessions is not None else float(d.headline["r2"])
+    cols = ["number", "logged", "reproduced_by", "status", "start", *ACCOUNT_PARTS, "tolerance"]
+    if not d.reported or not len(d.reconciliation):
+        return pd.DataFrame(columns=cols)
+    pooled_r2 = float(d.headline["r2"])
+    flat = None
+    if d.run.has["session"]:
+        within = reg.variance_decomposition(d.run, "session", "flat")["r2_within"]
+        per = reg.per_group_metrics(d.run, "session", "flat")
+        flat = {reg.session_label(s): (r2, ev) for s, r2, ev in zip(per["session"], per["r2"],
+                                                                      per["explained_variance"], strict=True)}
     rows = []
-    if "r2" in d.reported:
-        rows.append(("logged overall r2", float(d.reported["r2"]), ""))
-    rows.append(("pooled R², computed correctly", pooled_r2, ""))
-    if d.sessions is not None:
-        rows.append(("within-session R² (sum-of-squares weighted)", d.sessions["r2_within"], ""))
-        rows.append(("mean of per-session R² (unweighted)", float(np.nanmean(d.per_session["r2"])), ""))
-    if "r2" in d.reported:
-        rows.append(("gap from the computation (logged - pooled)", float(d.reported["r2"]) - pooled_r2, "bug"))
-    if d.sessions is not None:
-        rows.append(("gap from between-session variance (pooled - within)", pooled_r2 - d.sessions["r2_within"],
-                     "real"))
-    return pd.DataFrame(rows, columns=["quantity", "R²", "kind"])
+    for _, r in d.reconciliation.iterrows():
+        overall = r["session"] is None or pd.isna(r["session"])
+        correct = float(r["correct_value"])
+        parts = dict.fromkeys(ACCOUNT_PARTS, np.nan)
+        start = correct
+        if r["reported"] == "r2" and not overall and flat is not None:
+            r2_s, ev_s = flat[reg.session_label(r["session"])]
+            start = pooled_r2
+            parts.update(between_sessions=within - pooled_r2, session_difficulty=ev_s - within, session_bias=r2_s - ev_s)
+        if r["explained"]:
+            parts.update(computation=float(r["candidate_value"]) - correct, rest=r["value"] - float(r["candidate_value"]))
+            status = "correct" if r["is_correct"] else "bug"
+            how = "the correct computation" if r["is_correct"] else _explanation(r)
+        else:
+            parts.update(rest=r["value"] - correct)
+            status, how = "unexplained", "nothing: no candidate within tolerance"
+        rows.append({"number": _label(r).rsplit("=", 1)[0], "logged": r["value"], "reproduced_by": how, "status": status,
+                     "start": start, **parts, "tolerance": r["tolerance"]})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def gap_verdict(d: Diagnosis) -> str:
+    """The account in sentences (Markdown; text from the user's files escaped): how many logged numbers
+    each explanation covers, and the symptom (logged overall R² against the lowest logged session R²)
+    split into its parts."""
+    acc = gap_account(d)
+    if acc.empty:
+        return "No logged numbers given (parameter `reported`): there is no gap to account for."
+    esc = html.escape
+    counts = acc["status"].value_counts()
+    lines = [f"{len(acc)} logged number(s): {counts.get('correct', 0)} reproduced by the correct computation, "
+             f"{counts.get('bug', 0)} by a buggy one, {counts.get('unexplained', 0)} unexplained."]
+    bad = acc[acc["status"] == "unexplained"]
+    if len(bad):
+        lines.append("Not accounted for (no computation on these predictions gives them): "
+                     + ", ".join(f"{esc(n)} = {v:g}" for n, v in zip(bad["number"], bad["logged"], strict=True)) + ".")
+    over = acc[acc["number"] == "overall r2"]
+    sess = acc[acc["number"].str.startswith("session ") & acc["number"].str.endswith(" r2")
+               & acc["session_difficulty"].notna()]
+    if len(over) and len(sess):
+        o, s = over.iloc[0], sess.loc[sess["logged"].idxmin()]
+        gap = o["logged"] - s["logged"]
+        part = lambda k: (0.0 if pd.isna(o[k]) else o[k]) - (0.0 if pd.isna(s[k]) else s[k])  # noqa: E731
+        name = esc(s["number"][len("session "):-len(" r2")])
+        more = "less" if part("session_difficulty") >= 0 else "more"
+        lines.append("\n".join([
+            f"The symptom, logged overall r2 {o['logged']:g} against session {name}'s {s['logged']:g} (a gap of "
+            f"{gap:.3f}), splits into:",
+            f"- {part('computation'):+.3f} from how the numbers were computed "
+            + ("(both are computed correctly);" if o["status"] == s["status"] == "correct" else
+               "(a bug: see what to change below);"),
+            f"- {part('between_sessions'):+.3f} from between-session variance (real: pooled R² credits the session means);",
+            f"- {part('session_difficulty'):+.3f} because the model explains {more} of session {name}'s own variance (its bias aside) "
+            f"than the within-session R² of all sessions together (real);",
+            f"- {part('session_bias'):+.3f} from the model missing that session's mean (a model error, not the metric's);",
+            f"- {part('rest'):+.3f} " + ("from the rounding of the logged numbers." if "unexplained" not in
+                                         (o["status"], s["status"]) else "that no computation on these predictions "
+                                                                         "reproduces (unexplained)."),
+        ]))
+        noise = _beyond_noise(d, s)
+        if noise:
+            lines.append(noise)
+    return "\n\n".join(lines)
+
+
+def _beyond_noise(d: Diagnosis, row) -> str:
+    """Whether a session's own shortfall from the within-session R² (its difficulty and bias parts) is
+    larger than its sampling noise: its R² bootstrap interval against the within-session R² (flat only)."""
+    if d.intervals is None or d.multioutput != "flat" or d.sessions is None:
+        return ""
+    label = row["number"][len("session "):-len(" r2")]
+    iv = d.intervals[d.intervals["session"].map(reg.session_label) == label]
+    within = d.sessions["r2_within"]
+    if not len(iv) or not np.isfinite(iv["r2_low"].iloc[0]) or not np.isfinite(within):
+        return ""
+    lo, hi = float(iv["r2_low"].iloc[0]), float(iv["r2_high"].iloc[0])
+    short = row["session_difficulty"] + row["session_bias"]
+    verdict = ("contains it, so that difference is within the session's sampling noise" if lo <= within <= hi else
+               "excludes it, so that difference is larger than the session's sampling noise")
+    return (f"Session {html.escape(label)}'s R² differs from the within-session R² {within:.3f} by {short:+.3f} "
+            f"(its difficulty and bias parts); its 95% bootstrap interval [{lo:.3f}, {hi:.3f}] {verdict}.")
 
 
 def metrics(d: Diagnosis) -> dict:
@@ -341,9 +514,12 @@ def metrics(d: Diagnosis) -> dict:
         m["mean_per_session_r2"] = float(np.nanmean(d.per_session["r2"]))
     if d.padding:
         m["n_duplicate_rows"] = d.padding["n_duplicate_rows"]
-    gaps = gap_account(d).set_index("quantity")["R²"]
-    m["gap_from_computation"] = gaps.get("gap from the computation (logged - pooled)")
-    m["gap_from_between_sessions"] = gaps.get("gap from between-session variance (pooled - within)")
+    acc = gap_account(d)
+    over = acc[acc["number"] == "overall r2"]
+    ok = over[over["status"] != "unexplained"]
+    m["gap_from_computation"] = float(ok["logged"].iloc[0] - ok["start"].iloc[0]) if len(ok) else None
+    m["gap_from_between_sessions"] = d.sessions["r2_pooled"] - d.sessions["r2_within"] if d.sessions is not None else None
+    m["n_logged_unexplained"] = int((acc["status"] == "unexplained").sum()) if d.reported else None
     return m
 
 

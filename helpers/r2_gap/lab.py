@@ -9,7 +9,8 @@ same run, how the training script's metric computations compare:
 * ``seed Fix 1``: per-rank R² and r averaged across ranks (all-reduce of values);
 * ``seed Fix 2``: 1 - SSE / (summed within-batch SS) per rank, then averaged;
   ``seed Fix 2, sums all-reduced`` isolates its bias from the rank averaging;
-* ``exact: all-reduced sufficient statistics`` (padded duplicates included / removed by sample id);
+* ``exact: all-reduced sufficient statistics`` (padded duplicates included / removed by sample id),
+  computed by :mod:`helpers.r2_gap.fix` (the code notebook 01 prints as the fix);
 * ``torchmetrics R2Score + PearsonCorrCoef`` (their own distributed sync), likewise.
 
 Each row is compared with single-process scikit-learn on the whole set.
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers.r2_gap.regression import STAT_COLUMNS, metrics_from_sums
+from helpers.r2_gap.fix import pooled_r2, unique_rows
 from helpers.training import FastAdam
 
 
@@ -72,23 +73,12 @@ def _worker(rank: int, world_size: int, init_file: str, model: torch.nn.Module, 
         pn, tn = p.double().numpy(), t.double().numpy()
         local_r2, local_r = r2_score(tn, pn), float(sps.pearsonr(tn, pn).statistic)
 
-        # which of my rows repeat a sample evaluated earlier in the sampler's order
-        all_ids = [torch.empty_like(i) for _ in range(world_size)]
-        dist.all_gather(all_ids, i)
-        order = torch.stack(all_ids, dim=1).reshape(-1).numpy()  # position k*world_size + rank
-        _, first = np.unique(order, return_index=True)
-        keep_pos = np.zeros(len(order), dtype=bool)
-        keep_pos[first] = True
-        keep = torch.from_numpy(keep_pos[np.arange(len(i)) * world_size + rank])
+        keep = unique_rows(i)  # the fix notebook 01 prints: each sample once, across ranks
 
         def all_reduce(values, op=dist.ReduceOp.SUM) -> np.ndarray:
             buf = torch.tensor(values, dtype=torch.float64)
             dist.all_reduce(buf, op=op)  # gloo has no AVG: sum, then divide
             return buf.numpy()
-
-        def sums(mask) -> np.ndarray:
-            yy, ee = t[mask].double(), (t[mask] - p[mask]).double()
-            return all_reduce([len(yy), yy.sum(), yy @ yy, ee.sum(), ee @ ee, yy @ ee])
 
         results = {}
         fix1 = all_reduce([local_r2, local_r]) / world_size
@@ -96,8 +86,7 @@ def _worker(rank: int, world_size: int, init_file: str, model: torch.nn.Module, 
         fix2_avg = all_reduce([fix2_local])[0] / world_size
         fix2_sum = all_reduce([sse_fix2, within_fix2])
         for label, mask in (("incl. duplicates", torch.ones_like(keep)), ("duplicates removed", keep)):
-            m = metrics_from_sums(dict(zip(STAT_COLUMNS, sums(mask), strict=True)))
-            results[f"exact: all-reduced sufficient statistics, {label}"] = (float(m["r2"]), float(m["pearson_r"]))
+            results[f"exact: all-reduced sufficient statistics, {label}"] = pooled_r2(p, t, mask)
             r2m, pcm = R2Score(), PearsonCorrCoef()  # sync on compute() across the process group
             r2m.update(p[mask].double(), t[mask].double())
             pcm.update(p[mask].double(), t[mask].double())
@@ -168,3 +157,24 @@ def fit_small_model(x: np.ndarray, y: np.ndarray, seed: int = 0, steps: int = 30
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def support(table: pd.DataFrame, ranks: pd.DataFrame) -> dict[str, str]:
+    """What the lab measured for each fix, by finding id (for ``what_to_change``'s ``support``).
+
+    ``table``, ``ranks``: what :func:`evaluate` returned. Only the fixes the lab tests get a sentence.
+    """
+    err = table.set_index("method")["r2_error"]
+    exact = abs(err["exact: all-reduced sufficient statistics, duplicates removed"])
+    where = (f"in the lab's gloo evaluation ({len(ranks)} processes, {int(ranks['n'].sum())} rows of which "
+             f"{int(ranks['n_duplicates'].sum())} padded repeats)")
+    fixed = f"all-reduced sums of each sample once (`pooled_r2` with `unique_rows`) matched scikit-learn within {exact:.1e}"
+    return {
+        "unsynced_rank_metrics": f"{where}, rank 0's shard alone was off scikit-learn's R² by {err['rank 0 only']:+.4f}; {fixed}.",
+        "rank_averaged_metrics": (f"{where}, the mean of per-rank R² (the source's Fix 1) was off by "
+                                  f"{err['seed Fix 1: all-reduce mean of per-rank R² and r']:+.4f}; {fixed}."),
+        "batch_averaged_r2": (f"{where}, summing within-batch sums of squares (the source's Fix 2) was off by "
+                              f"{err['seed Fix 2 with its sums all-reduced']:+.4f} even with its sums all-reduced; {fixed}."),
+        "sampler_padding_duplicates": (f"{where}, keeping the repeats moved R² by "
+                                       f"{err['exact: all-reduced sufficient statistics, incl. duplicates']:+.2e}; {fixed}."),
+    }
