@@ -1,15 +1,19 @@
 """Notebook 02 in-process, through the face of its diagnosis module: findings on simulated runs
 that are not the sample, the sample's pipeline, bad inputs (papermill: test_encoder_variance_notebook.py)."""
 
+import json
 import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from face import defaults, pipeline
 
 from helpers.encoder_variance import diagnosis as dx
+from helpers.encoder_variance import lab
 from helpers.encoder_variance import simulate as sim
+from helpers.findings import what_to_change
 from helpers.io import InputError
 from helpers.paths import DATA_SAMPLES, REPO_ROOT
 
@@ -258,3 +262,91 @@ def test_compared_files_of_the_same_name_are_kept_apart(tmp_path, new_runs):
                                   "compare": [str(tmp_path / "b" / "run.npz"), str(tmp_path / "a" / "run.npz")]})
     assert list(run.encoders) == ["run", "run[0]", "run[1]"]
     assert params["compare"] == [str(tmp_path / "b" / "run.npz"), str(tmp_path / "a" / "run.npz")]
+
+
+# --------------------------------------------------------------------------- actions: what to change
+def contradiction_free(found) -> bool:
+    """The detected findings never move the KL weight both ways."""
+    changes = {f.evidence.get("kl_weight_change", "") for f in found if f.detected}
+    return not {"raise", "lower"} <= changes
+
+
+@pytest.mark.parametrize("name", ["collapsed_variational", "healthy_variational", "kl_1", "deterministic"])
+def test_every_detected_finding_carries_one_consistent_action(new_runs, name):
+    diag = dx.diagnose(dx.Run(dx.EncoderRun.from_arrays(new_runs[name], name)), {"seed": 0})
+    found = dx.findings(diag)
+    for f in found:
+        assert bool(f.action) == f.detected and "\n" not in f.action
+        if f.detected:  # the action quotes a number measured on this run
+            assert any(ch.isdigit() for ch in f.action)
+    assert contradiction_free(found)
+    if name == "kl_1":  # sampling noise hides the puzzles: every action lowers the KL weight
+        assert {f.evidence["kl_weight_change"] for f in found if f.detected} == {"lower"}
+        assert "Lower the KL weight" in {f.id: f for f in found}["representation_collapse"].action
+
+
+def test_noise_over_between_with_negligible_sampling_does_not_lower_the_kl_weight():
+    """Sampling exceeds the between-puzzle variance (3x) yet is under 5% of the total: the means barely
+    separate puzzles. Lowering the KL weight would not help; raising it is the stochasticity question."""
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(100), 6)
+    z = 0.1 * rng.normal(size=(100, 16))[g] + rng.normal(size=(600, 16))
+    samples = z[:, None] + np.sqrt(0.03) * rng.normal(size=(600, 8, 16))
+    diag = dx.diagnose(dx.Run(dx.EncoderRun.from_arrays({"z": z, "group": g, "z_samples": samples})), {"seed": 0})
+    f = {x.id: x for x in dx.findings(diag)}
+    assert f["sampling_noise_dominates"].detected and f["stochasticity_collapsed"].detected
+    assert f["representation_collapse"].detected
+    assert contradiction_free(f.values())
+    assert f["sampling_noise_dominates"].action.startswith("Do not lower the KL weight")
+    assert "measured no fix" in f["representation_collapse"].action
+
+
+def test_a_healthy_run_renders_nothing_to_change(tmp_path, new_runs):
+    r = pipeline(dx, embeddings=write_npz(tmp_path / "healthy.npz", **new_runs["healthy_variational"]), compare=[],
+                 output_dir=str(tmp_path / "out"))
+    assert what_to_change(r.found.values(), checks=len(r.found)).startswith("**Nothing to change.**")
+    assert all(f["action"] == "" for f in r.summary.to_dict()["findings"].values())
+
+
+def test_the_summary_carries_the_actions(tmp_path, new_runs):
+    r = pipeline(dx, embeddings=write_npz(tmp_path / "kl_1.npz", **new_runs["kl_1"]), compare=[],
+                 output_dir=str(tmp_path / "out"))
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())["findings"]
+    assert {k for k, f in written.items() if f["action"]} == {f.id for f in r.found.values() if f.detected} != set()
+    text = what_to_change(r.found.values())
+    assert all(f"**{f.id}**" in text for f in r.found.values() if f.detected)
+    assert not [f.id for f in r.found.values() if not f.detected and f.id in text]
+
+
+def fake_sweep(task_mse, decisions, se=0.001):
+    """A KL sweep's table without training: the columns :func:`lab.support` reads."""
+    w = [1e-4, 1e-3, 1e-2, 1.0]
+    table = pd.DataFrame({"task_mse": task_mse, "task_mse_se": se, "task_mse_at_mean": task_mse,
+                          "between": [0.8, 0.6, 0.3, 0.0], "between_share": [0.86, 0.74, 0.33, 0.0],
+                          "sampling_share": [0.015, 0.14, 0.6, 1.0], "icc": [0.87, 0.87, 0.86, 0.82],
+                          "effective_rank": [12.0, 12.0, 12.0, 4.0], "active_units": [32, 32, 32, 0],
+                          "decision": decisions}, index=pd.Index(w, name="kl_weight"))
+    return lab.KLSweep(table, {}, None, 0.161, None, None, sim.EncoderConfig())
+
+
+COLLAPSED = dx.Finding("stochasticity_collapsed", "detected", "warning", "m", {"kl_weight_change": "raise"}, "a")
+
+
+def test_lab_support_states_the_measured_trade_off():
+    decisions = ["collapsed to deterministic", "healthy", "stochastic but not diverse", "stochastic but not diverse"]
+    s = lab.support(fake_sweep([0.16, 0.181, 0.25, 1.1], decisions), [COLLAPSED])["stochasticity_collapsed"]
+    assert "KL 1e-3 is the smallest weight" in s and "at task MSE 0.1810: +13% against the best of the sweep" in s
+    assert "Raise the weight only if you need the samples" in s
+    # a cost within the evaluation noise is no cost
+    s = lab.support(fake_sweep([0.160, 0.161, 0.25, 1.1], decisions, se=0.002), [COLLAPSED])["stochasticity_collapsed"]
+    assert "no worse than the best of the sweep" in s and "+1%" not in s
+    # no weight keeps the encoder stochastic and diverse
+    s = lab.support(fake_sweep([0.16, 0.18, 0.25, 1.1], [decisions[0]] * 2 + decisions[2:]), [COLLAPSED])
+    assert "drop the variational head" in s["stochasticity_collapsed"]
+    # lowering the weight: read from the table, both ways
+    lower = dx.Finding("inactive_units", "detected", "warning", "m", {"kl_weight_change": "lower"}, "a")
+    s = lab.support(fake_sweep([0.16, 0.18, 0.25, 1.1], decisions), [lower])["inactive_units"]
+    assert s == ("from KL 1 down to 1e-4, between share 0.0%, 33.0%, 74.0%, 86.0%, active units 0, 32, 32, 32; task MSE "
+                 "1.1000, 0.2500, 0.1800, 0.1600. KL 1e-3 is the largest weight whose encoder is healthy (between share "
+                 "74%, sampling 14.0%, task MSE 0.1800); at KL 1e-4 it collapses to deterministic.")
+    assert lab.support(fake_sweep([0.16, 0.18, 0.25, 1.1], decisions), [dx.Finding("inactive_units", "not_detected", "info", "m")]) == {}

@@ -13,7 +13,7 @@ evidence only. The thresholds are the module constants below, each with its reas
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -278,7 +278,7 @@ def representation_collapse(m: Measurements) -> Finding:
     if share < BETWEEN_SHARE_MIN:
         why = (f" mostly because of sampling noise (ICC of the means {d.icc:.2f})"
                if d.icc >= BETWEEN_SHARE_MIN else " and the posterior means themselves barely differ between puzzles")
-        msg = f"only {share:.0%} of the embedding variance separates puzzles (< {BETWEEN_SHARE_MIN:.0%}),{why}; the decoder cannot tell tasks apart."
+        msg = f"only {share:.0%} of the embedding variance separates puzzles (< {BETWEEN_SHARE_MIN:.0%}),{why}; a sampled embedding says little about which puzzle it came from."
         return Finding(fid, "detected", "critical", msg, ev)
     return Finding(fid, "not_detected", "info",
                    f"{share:.0%} of the embedding variance separates puzzles (ICC of the means {d.icc:.2f}): tasks get distinct embeddings.", ev)
@@ -307,7 +307,7 @@ def sampling_noise_dominates(m: Measurements) -> Finding:
           "sampling_source": d.sampling_source, "threshold": SAMPLING_OVER_BETWEEN_MAX}
     if ratio > SAMPLING_OVER_BETWEEN_MAX:
         return Finding(fid, "detected", "critical",
-                       f"repeat-pass variance is {ratio:.2g}x the between-puzzle variance: two samples of one demonstration differ more than two puzzles; lower the KL weight or sample less noise.", ev)
+                       f"repeat-pass variance is {ratio:.2g}x the between-puzzle variance: two samples of one demonstration differ more than two puzzles.", ev)
     return Finding(fid, "not_detected", "info",
                    f"repeat-pass variance is {ratio:.2g}x the between-puzzle variance: puzzles stand out of the sampling noise.", ev)
 
@@ -324,7 +324,7 @@ def stochasticity_collapsed(m: Measurements) -> Finding:
         ev["mean_posterior_var"] = float(np.exp(rep.flatten(m.run.logvar).astype(float)).mean())
     if share < STOCHASTIC_SHARE_MIN:
         return Finding(fid, "detected", "warning",
-                       f"sampling is {share:.1%} of the embedding variance (< {STOCHASTIC_SHARE_MIN:.0%}): the variational encoder has collapsed to a deterministic one; raise the KL weight or drop the variational head.", ev)
+                       f"sampling is {share:.1%} of the embedding variance (< {STOCHASTIC_SHARE_MIN:.0%}): the variational encoder has collapsed to a deterministic one.", ev)
     return Finding(fid, "not_detected", "info",
                    f"sampling is {share:.1%} of the embedding variance: the encoder is still stochastic.", ev)
 
@@ -340,13 +340,69 @@ def inactive_units(m: Measurements) -> Finding:
     status = "detected" if m.inactive_share > INACTIVE_SHARE_MAX else "not_detected"
     return Finding(fid, status, "warning" if status == "detected" else "info",
                    f"{a.n_active} of {a.n_units} units are active (mean varies by more than 1% of {ref}); "
-                   f"{a.n_units - a.n_active} carry no information about the input.", ev)
+                   f"{a.n_units - a.n_active} {'carries' if a.n_units - a.n_active == 1 else 'carry'} almost no information about the input.", ev)
 
 
 def findings_of(m: Measurements) -> list[Finding]:
-    """The findings of one encoder's measurements, in FINDING_IDS order."""
-    return [representation_collapse(m), dimensional_collapse(m), sampling_noise_dominates(m),
-            stochasticity_collapsed(m), inactive_units(m)]
+    """The findings of one encoder's measurements, in FINDING_IDS order, each detected one with
+    its action (:func:`actions`)."""
+    found = [representation_collapse(m), dimensional_collapse(m), sampling_noise_dominates(m),
+             stochasticity_collapsed(m), inactive_units(m)]
+    todo = actions(m, {f.id: f for f in found})
+    return [replace(f, action=todo[f.id][0], evidence={**f.evidence, "kl_weight_change": todo[f.id][1]})
+            if f.detected else f for f in found]
+
+
+def actions(m: Measurements, f: dict[str, Finding]) -> dict[str, tuple[str, str]]:
+    """{finding id: (what to change, which way it moves the KL weight: "raise", "lower" or "")} for
+    the detected findings, one consistent story: the KL weight is lowered only when sampling noise
+    hides the puzzles and sampling is not negligible, raised only when sampling is negligible."""
+    d, out = m.decomposition, {}
+    collapsed = f["stochasticity_collapsed"].detected
+    noisy = f["sampling_noise_dominates"].detected and not collapsed  # the KL weight is the lever
+    ratio, ss = m.sampling_over_between, m.sampling_share
+    noise = f"sampling noise is {ratio:.2g}x the between-puzzle variance"
+    if f["representation_collapse"].detected:
+        means = f"the posterior means {'do' if d.icc >= BETWEEN_SHARE_MIN else 'barely'} separate puzzles (ICC {d.icc:.2f})"
+        if m.run.has_sampling and not collapsed and (noisy or d.icc >= BETWEEN_SHARE_MIN):
+            out["representation_collapse"] = (
+                f"Lower the KL weight: only {d.between_share:.0%} of the variance of a sampled "
+                f"embedding separates puzzles, {noise}, and {means}.", "lower")
+        else:
+            why = (f"sampling is only {ss:.1%} of the variance, so the KL weight is not the cause" if m.run.has_sampling
+                   else "sampling not measured: give 'z_samples' or 'logvar' to see whether noise is part of it")
+            out["representation_collapse"] = (
+                f"Find why {means}: the between share is {d.between_share:.0%} ({why}); this notebook measured no fix "
+                "for that.", "")
+    if f["sampling_noise_dominates"].detected:
+        out["sampling_noise_dominates"] = (
+            (f"Lower the KL weight: {noise}, so two samples of one demonstration differ more "
+             "than two puzzles.", "lower") if noisy else
+            (f"Do not lower the KL weight for this: {noise} only because the means barely separate puzzles "
+             f"(ICC {d.icc:.2f}); sampling is {ss:.1%} of the variance.", ""))
+    if collapsed:
+        sd = f["stochasticity_collapsed"].evidence["posterior_sd_over_spread"]
+        out["stochasticity_collapsed"] = (
+            f"Decide whether you need a stochastic latent: sampling is {ss:.1%} of the embedding variance (posterior "
+            f"sd {sd:.2f} of the spread), so a sample is the mean plus a rounding error. If you do, raise the KL weight "
+            f"until sampling is at least {STOCHASTIC_SHARE_MIN:.0%} (the lab measures its cost in task error); "
+            "if not, use the posterior mean and drop the variational head.", "raise")
+    if f["dimensional_collapse"].detected:
+        spans = (f"the embedding spans {m.effective_rank:.1f} effective dimensions of {m.effective_rank_max} possible "
+                 f"({m.rank_share:.0%})")
+        out["dimensional_collapse"] = (
+            (f"Lower the KL weight: {spans} while {noise}.", "lower") if noisy else
+            (f"Only {spans}: if your task has more independent factors, the encoder discards them; this notebook "
+             "measured no fix for that" + ("" if m.run.has_sampling else
+                                            " (give 'z_samples' or 'logvar' to test the KL weight)") + ".", ""))
+    if f["inactive_units"].detected:
+        a = m.active
+        units = f"{a.n_units - a.n_active} of {a.n_units} units are inactive ({m.inactive_share:.0%})"
+        out["inactive_units"] = (
+            (f"Lower the KL weight: {units}, switched off while {noise}.", "lower") if noisy else
+            (f"{units}: their means barely vary, so a latent of the {a.n_active} active units holds nearly the "
+             "same information; this notebook measured no other fix.", ""))
+    return out
 
 
 def findings(diagnosis: Diagnosis) -> list[Finding]:

@@ -9,6 +9,7 @@ import pandas as pd
 from helpers.encoder_variance import representation as rep
 from helpers.encoder_variance.diagnosis import (
     BETWEEN_SHARE_MIN,
+    STOCHASTIC_SHARE_MIN,
     EncoderRun,
     Measurements,
     decomposition_table,
@@ -80,11 +81,14 @@ def active_units(m: Measurements) -> plt.Figure:
 
 
 def kl_sweep(sweep: pd.DataFrame) -> plt.Figure:
-    """Between share, sampling variance and active units against the KL weight."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, col, label in zip(axes, ["between_share", "sampling", "active_units"],
-                              ["between-puzzle share", "sampling variance", "active units"], strict=True):
+    """Between share, sampling share, active units and held-out task MSE against the KL weight."""
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
+    for ax, col, label in zip(axes, ["between_share", "sampling_share", "active_units", "task_mse"],
+                              ["between-puzzle share", "sampling share", "active units", "held-out task MSE"],
+                              strict=True):
         ax.plot(sweep.index, sweep[col], marker="o")
         ax.set(xscale="log", xlabel="KL weight", ylabel=label)
     axes[0].axhline(BETWEEN_SHARE_MIN, color="k", ls="--", lw=1)
+    axes[1].axhline(STOCHASTIC_SHARE_MIN, color="k", ls="--", lw=1)
+    axes[3].set(yscale="log")
     return fig

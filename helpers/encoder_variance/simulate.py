@@ -46,6 +46,7 @@ class EncoderConfig:
     batch: int = 64  # puzzles per training step
     queries: int = 8  # query inputs per puzzle per step
     lr: float = 5e-3
+    logvar_init: float = 0.0  # the logvar head's initial bias (0, a posterior variance of 1, as in the source)
     # the exported evaluation set
     n_puzzles: int = 64
     n_demos: int = 6
@@ -98,9 +99,9 @@ class TaskEncoder(nn.Module):
                                   nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU())
         self.mu = nn.Linear(cfg.hidden, cfg.latent)
         self.logvar = nn.Linear(cfg.hidden, cfg.latent) if variational else None
-        if self.logvar is not None:  # logvar initialised at 0, as in the source
+        if self.logvar is not None:  # logvar starts at cfg.logvar_init for every input (0 in the source)
             nn.init.zeros_(self.logvar.weight)
-            nn.init.zeros_(self.logvar.bias)
+            nn.init.constant_(self.logvar.bias, cfg.logvar_init)
 
     def forward(self, demos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.body(demos)
@@ -128,7 +129,14 @@ class Decoder(nn.Module):
 def train_encoder(kl_weight: float, variational: bool = True, cfg: EncoderConfig = EncoderConfig(),
                   seed: int | None = None) -> tuple[TaskEncoder, dict]:
     """Train encoder + decoder on fresh puzzles each step (MSE + kl_weight * KL); returns the
-    encoder in eval mode and the last losses. Seeded; about half a second on one CPU thread."""
+    encoder in eval mode and the last losses. Seeded; about a second on one CPU thread."""
+    enc, _, log = train(kl_weight, variational, cfg, seed)
+    return enc, log
+
+
+def train(kl_weight: float, variational: bool = True, cfg: EncoderConfig = EncoderConfig(),
+          seed: int | None = None) -> tuple[TaskEncoder, Decoder, dict]:
+    """:func:`train_encoder`, returning the decoder too (in eval mode) for :func:`task_error`."""
     seed = cfg.seed if seed is None else seed
     task = PuzzleTask(cfg)
     with deterministic_torch(seed):
@@ -152,7 +160,23 @@ def train_encoder(kl_weight: float, variational: bool = True, cfg: EncoderConfig
             loss.backward()
             opt.step()
     enc.eval()
-    return enc, {"mse": float(mse.detach()), "kl": float(kl.detach()), "kl_weight": kl_weight}
+    dec.eval()
+    return enc, dec, {"mse": float(mse.detach()), "kl": float(kl.detach()), "kl_weight": kl_weight}
+
+
+def task_error(enc: TaskEncoder, dec: Decoder, cfg: EncoderConfig = EncoderConfig(), n_puzzles: int = 4096,
+               sample: bool = True) -> np.ndarray:
+    """Per-puzzle squared error of the decoder's predictions on ``n_puzzles`` fresh puzzles (one
+    demonstration each, ``cfg.queries`` queries; never seen in training nor in the evaluation set).
+    ``sample``: decode a sampled latent, as in training; else the posterior mean. Seeded."""
+    task = PuzzleTask(cfg)
+    g = torch.Generator().manual_seed(cfg.seed + 4)
+    theta = task.puzzles(n_puzzles, g)
+    demos = task.demonstrations(theta, 1, g)[:, 0]
+    xq, yq = task.queries(theta, cfg.queries, g)
+    with deterministic_torch(cfg.seed + 5), torch.no_grad():
+        z = enc.sample(demos) if sample else enc(demos)[0]
+        return ((dec(z, xq) - yq) ** 2).mean(dim=(1, 2)).numpy().astype(np.float64)
 
 
 def evaluation_set(cfg: EncoderConfig = EncoderConfig(), seed: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
