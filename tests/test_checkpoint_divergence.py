@@ -2,13 +2,18 @@
 made-up runs (what their papermill executions checked), bad inputs."""
 
 import dataclasses
+import html
 import json
+import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from face import pipeline
+from scipy import stats
 from sklearn.datasets import load_diabetes
+from sklearn.neighbors import NearestNeighbors
 
 from helpers.checkpoint_divergence import checkpoint_files as cf
 from helpers.checkpoint_divergence import checkpoints as ck
@@ -25,7 +30,8 @@ FILES = dict(BASE, checkpoint_files=str(SAMPLE / "checkpoints" / "*.pt"),
              model_factory="helpers.checkpoint_divergence.lab:make_model", validation=str(SAMPLE / "validation.npz"))
 SETTINGS = dict(last_k=5, k_neighbours=5, seed=0)  # what diagnose reads from the parameters
 SYMPTOM = {"experiment_sparse_coverage": "detected", "experiment_outside_support": "not_detected",
-           "swing_within_noise": "detected", "selection_does_not_generalize": "detected", "ensemble_improves": "detected"}
+           "swing_within_noise": "detected", "selection_does_not_generalize": "detected",
+           "ensemble_improves": "not_detected"}
 
 
 def status(found):
@@ -389,3 +395,167 @@ def test_match_keys_strips_only_a_prefix_that_fits():
     assert cf.match_keys(state, {"a.weight", "b"}) == {"a.weight": 1, "b": 2}
     assert cf.match_keys(state, {"a.weight", "c"}) == state
     assert ck.subsample(10, 20).tolist() == list(range(10))
+
+
+# ----------------------------------------------------------------------------- issue 14: every sentence true
+def _arrays(run, **changes):
+    keep = ("pred", "target", "epoch", "val_loss", "train_target", "experiment_pred", "experiment_target", "repeat_id")
+    arrays = {k: getattr(run, k) for k in keep if getattr(run, k) is not None}
+    return {**arrays, "param_names": np.array(run.param_names), **changes}
+
+
+def test_swing_and_selection_agree_on_the_sample(sample_result):
+    """Item 4. Before: swing_within_noise called epoch 21 "ordinary epoch-to-epoch luck, not a better model" while
+    selection_does_not_generalize quoted 1.23x on the experiment's nearest validation samples and 85% surviving on
+    repeats, with no split. Now both quote one split (15% measurement noise, 72% specific to the profile, 13%
+    regional) and one regional test (ratio 1.26, 95% CI 0.80-1.98: within noise)."""
+    d, found = sample_result.diagnosis, sample_result.found
+    swing, sel = found["swing_within_noise"], found["selection_does_not_generalize"]
+    split, regional = dx._split_text(d), dx._regional_text(d)
+    assert split and regional and "within noise" in regional
+    for f in (swing, sel):
+        assert split in f.message and regional in f.message
+    assert "not a better model" not in swing.message and "luck" not in swing.message
+    sp = d.split
+    assert sp.noise + sp.profile + sp.regional == pytest.approx(1.0)
+    assert sp.noise == pytest.approx(1 - d.selection_repeats.surviving_share)
+    assert sp.regional == pytest.approx(d.selection.surviving_share) and sp.regional < dx.SURVIVING_SHARE_MIN
+    assert swing.evidence["experiment_regional"]["ratio_ci95"][0] < 1 < swing.evidence["experiment_regional"]["ratio_ci95"][1]
+    # the neighbour check's neighbours are other profiles: a row's own repeat is never one of them
+    assert d.selection.n == sample_result.run.n
+
+
+def _regional_arrays(run, d, profiles=20, shrink=0.3):
+    """The sample with the experiment-best epoch made truly better on the experiment's nearest validation profiles."""
+    scaler = ck.fit_scaler(run.train_target)
+    codes = pd.factorize(pd.Series(run.repeat_id))[0]
+    where = pd.DataFrame(scaler.transform(run.target)).groupby(codes).mean().to_numpy()
+    near = NearestNeighbors(n_neighbors=profiles).fit(where).kneighbors(scaler.transform(run.experiment_target[None]))[1][0]
+    rows = np.isin(codes, near)
+    pred = run.pred.copy()
+    pred[d.ideal, rows] = run.target[rows] + shrink * (pred[d.ideal, rows] - run.target[rows])
+    return _arrays(run, pred=pred)
+
+
+def test_a_regional_advantage_is_not_called_luck(sample):
+    """Item 4. Epoch 21 made better on the 20 validation profiles nearest the experiment: its swing is still of
+    ordinary size (42% of validation samples' own swings are smaller), but it is regional. Before:
+    swing_within_noise detected ("ordinary epoch-to-epoch luck, not a better model"); now not detected, the
+    neighbours' error ratio 13.98 (95% CI 8.89-21.99) beyond noise, and both findings quote it."""
+    run, d = sample
+    r = dx.CheckpointRun.from_arrays(_regional_arrays(run, d))
+    d2 = dx.diagnose(r, SETTINGS)
+    found = {f.id: f for f in dx.findings(d2)}
+    assert d2.ideal_epoch == d.ideal_epoch and d2.noise.percentile <= dx.NOISE_PERCENTILE
+    assert d2.regional.log_gain.better and d2.regional.ratio > 5
+    swing = found["swing_within_noise"]
+    assert swing.status == "not_detected" and "regional" in swing.message and swing.action == ""
+    assert dx._regional_text(d2) in swing.message and dx._regional_text(d2) in found["selection_does_not_generalize"].message
+    assert "beyond noise" in dx._regional_text(d2)
+
+
+def test_ensemble_counts_only_a_gain_beyond_noise(sample_result):
+    """Item 5. Before: ensemble_improves detected on 0.4702 vs 0.4778 with no noise check. Now the paired gain
+    per validation profile is 0.0076 (95% CI -0.0009 to 0.016, 300 profiles): not detected."""
+    run, d, f = sample_result.run, sample_result.diagnosis, sample_result.found["ensemble_improves"]
+    assert f.status == "not_detected" and f.action == "" and "within noise" in f.message
+    ens = run.pred[-5:].astype(np.float64).mean(0)
+    sc = ck.fit_scaler(run.train_target)
+    per_row = ((sc.transform(run.pred[d.ref]) - sc.transform(run.target)) ** 2).mean(1) - \
+        ((sc.transform(ens) - sc.transform(run.target)) ** 2).mean(1)
+    per_profile = pd.Series(per_row).groupby(run.repeat_id).mean().to_numpy()
+    ci = stats.ttest_1samp(per_profile, 0).confidence_interval()
+    g = d.ensemble_gain["parameters"]
+    assert g.n == 300 and g.interval == pytest.approx((ci.low, ci.high), abs=1e-6) and ci.low < 0 < ci.high  # float32 preds
+    assert "curve" in d.ensemble_gain and d.ensemble_experiment["space"] == "parameters"
+
+
+def _ensemble_arrays(n=200, e=8):
+    """The val-loss-best checkpoint (the first) has parameter 0 exact and parameter 1 noisy; each of the last five
+    has independent noise on parameter 1 and a shared bias on parameter 0: their mean is far better in parameters."""
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(n, 2))
+    pred = np.repeat(target[None], e, 0)
+    pred[:, :, 1] += rng.normal(size=(e, n))
+    pred[-5:, :, 0] += 0.3 + 0.05 * rng.normal(size=(5, n))
+    return {"pred": pred, "target": target, "epoch": np.arange(e), "val_loss": np.r_[0.1, np.ones(e - 1)]}
+
+
+def test_ensemble_better_in_parameters_but_worse_in_curves_is_not_detected():
+    """Item 5. A forward model that sees only parameter 0: the ensemble's curves are worse beyond noise. Before:
+    detected (validation better, nothing else checked); now detected without the forward model and not with it."""
+    run = dx.CheckpointRun.from_arrays(_ensemble_arrays())
+    plain = {f.id: f for f in dx.findings(dx.diagnose(run, SETTINGS))}["ensemble_improves"]
+    assert plain.status == "detected" and "95% CI" in plain.action
+    d = dx.diagnose(dataclasses.replace(run, forward=lambda p: 10 * p[:, :1]), SETTINGS)
+    assert d.ensemble_gain["parameters"].better and d.ensemble_gain["curve"].worse
+    f = {x.id: x for x in dx.findings(d)}["ensemble_improves"]
+    assert f.status == "not_detected" and "in curve space it is worse beyond noise" in f.message
+
+
+def _check_actions(found: dict) -> None:
+    from helpers.findings import Summary, what_to_change
+
+    text = what_to_change(found.values(), checks=len(found))
+    detected = [f for f in found.values() if f.detected]
+    for f in found.values():
+        assert bool(f.action) == f.detected, f.id
+        assert (f"**{f.id}**" in text) == f.detected, f.id
+    for f in detected:
+        assert html.escape(f.action) in text and re.search(r"\d", f.action), f.id
+    if not detected:
+        assert text.startswith("**Nothing to change.**")
+    s = Summary(dx.NOTEBOOK, {})
+    s.add(*found.values())
+    assert {k: v["action"] for k, v in s.to_dict()["findings"].items()} == {f.id: f.action for f in found.values()}
+
+
+def test_the_actions_are_the_detected_findings_and_come_from_the_run(sample_result, sample, diabetes_run):
+    """What to change lists exactly the detected findings' actions, with this run's numbers, on the sample and on
+    runs that differ from it; a healthy run has nothing to change."""
+    run, d = sample
+    _check_actions(sample_result.found)
+    action = sample_result.found["swing_within_noise"].action
+    assert f"epoch {d.ideal_epoch}" in action and f"{d.noise.experiment_advantage:.2f}x" in action
+    other = {f.id: f for f in dx.findings(dx.diagnose(dx.CheckpointRun.from_arrays(_regional_arrays(run, d, shrink=0.6)),
+                                                        SETTINGS))}
+    _check_actions(other)
+    outside = dict(diabetes_run, experiment_target=diabetes_run["train_target"].max(0) * np.array([2.0, 3.0]))
+    found = {f.id: f for f in dx.findings(dx.diagnose(dx.CheckpointRun.from_arrays(outside), SETTINGS))}
+    assert found["experiment_outside_support"].detected and "progression" in found["experiment_outside_support"].action
+    _check_actions(found)
+    _check_actions({f.id: f for f in dx.findings(dx.diagnose(dx.CheckpointRun.from_arrays(_ensemble_arrays()), SETTINGS))})
+    _check_actions({f.id: f for f in dx.findings(dx.diagnose(dx.CheckpointRun.from_arrays(diabetes_run), SETTINGS))})
+
+
+def test_sparse_coverage_advice_follows_this_runs_measurement(sample_result, sample):
+    """The sparse-coverage action recommends more training profiles only where sparse validation profiles fare
+    worse in this run (sample: 2.64x, p=1e-12); with errors that do not depend on coverage it says so instead."""
+    run, d = sample
+    f = sample_result.found["experiment_sparse_coverage"]
+    assert f.detected and f.action.startswith("Add training profiles") and f"{d.coverage_effect.ratio:.2f}x" in f.action
+    steps = np.linspace(0.5, 0.3, run.n_checkpoints)[:, None, None]  # one error for every profile: no coverage effect
+    flat = run.target[None] + steps * run.train_target.std(0)
+    g = {x.id: x for x in dx.findings(dx.diagnose(dx.CheckpointRun.from_arrays(_arrays(run, pred=flat)), SETTINGS))}
+    sparse = g["experiment_sparse_coverage"]
+    assert sparse.detected and sparse.action.startswith("Coverage does not explain")
+
+
+def test_no_markdown_cell_states_a_number_about_the_run():
+    """Markdown holds only the source analysis's numbers (labelled as the source's), section numbers and the
+    method's fixed constants; every number about the run is printed by a cell."""
+    import nbformat
+
+    from helpers.paths import NOTEBOOKS
+
+    allowed = {"03", "1", "2", "3", "4", "5", "6", "7", "0.008040", "0.008386", "3.8e-4", "2.1e-4", "0.5", "1.0", "2.0",
+               "2010", "95"}
+    nb = nbformat.read(NOTEBOOKS / f"{dx.NOTEBOOK}.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        numbers = set(re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?", cell.source))
+        assert numbers <= allowed, (numbers - allowed, cell.source[:80])
+        for quoted in ("0.008040", "3.8e-4", "0.5, 1.0"):
+            if quoted in cell.source:
+                assert "source" in cell.source[:cell.source.index(quoted)], quoted

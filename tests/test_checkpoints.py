@@ -239,3 +239,100 @@ def test_coverage_distances_and_counts_equal_the_standalone_functions():
     np.testing.assert_allclose(c.reference_distances, ck.knn_distances(tz, vz, 3), rtol=1e-10)
     assert c.distance == pytest.approx(ck.knn_distances(tz, scaler.transform(point[None]), 3)[0])
     np.testing.assert_array_equal(c.reference_counts, ck.counts_within(tz, vz, c.radii))
+
+
+# ----------------------------------------------------------------------------- issue 14: noise, profile, region
+def test_selection_by_neighbours_skips_the_samples_own_repeats():
+    """Each profile measured twice, each with its own best checkpoint (kept on a re-measurement) and no regional
+    structure: the nearest row of a measurement is its own repeat, which must not count as a neighbour. Counting
+    it, a fifth of the neighbours share the choice (before: surviving share 0.18); without it only chance
+    agreements remain (0.06)."""
+    rng = np.random.default_rng(11)
+    g = 300
+    z = np.repeat(rng.normal(size=(g, 2)), 2, axis=0)
+    groups = np.repeat(np.arange(g), 2)
+    best = rng.integers(0, 10, g)
+    err = np.full((12, 2 * g), 2.0)
+    err[best[groups], np.arange(2 * g)] = 0.5
+    err *= np.exp(rng.normal(scale=0.05, size=err.shape))
+    s = ck.selection_by_neighbours(err, z, ref=11, k=5, groups=groups)
+    assert abs(s.surviving_share) < 0.1
+    assert ck.selection_by_repeats(err, groups, ref=11).surviving_share > 0.9
+    split = ck.split_advantage(s, ck.selection_by_repeats(err, groups, ref=11))
+    assert split.profile > 0.8 and split.regional < 0.1 and split.noise < 0.1
+    assert split.noise + split.profile + split.regional == pytest.approx(1.0)
+
+
+def test_split_advantage_without_repeats_and_clipping():
+    def check(survive):
+        return ck.SelectionCheck("x", np.zeros(4, int), np.ones(4), np.full(4, survive))
+
+    s = ck.split_advantage(check(0.3))
+    assert s.regional == pytest.approx(0.3) and np.isnan(s.noise) and np.isnan(s.profile) and s.specific == pytest.approx(0.7)
+    clipped = ck.split_advantage(check(1.4), check(-0.2))  # estimates outside [0, 1] are clipped, in order
+    assert (clipped.regional, clipped.noise, clipped.profile) == (1.0, 0.0, 0.0)
+    s = ck.split_advantage(check(0.2), check(0.9))
+    assert (s.regional, s.noise, s.profile) == pytest.approx((0.2, 0.1, 0.7))
+
+
+def test_profile_mean_against_pandas_groupby():
+    rng = np.random.default_rng(12)
+    codes = rng.integers(0, 7, 50)
+    codes = pd.factorize(pd.Series(codes), sort=True)[0]
+    x = rng.normal(size=(3, 50))
+    expected = pd.DataFrame(x.T).groupby(codes).mean().to_numpy().T
+    np.testing.assert_allclose(ck.profile_mean(x, codes), expected, rtol=1e-12)
+    assert (ck.profile_codes(4) == np.arange(4)).all()
+    assert ck.profile_codes(4, np.array(["b", "a", "b", "c"])).tolist() == [1, 0, 1, 2]
+
+
+def test_paired_interval_and_p_match_scipy():
+    rng = np.random.default_rng(13)
+    v = rng.normal(0.1, 1.0, 40)
+    t = stats.ttest_1samp(v, 0.0)
+    p = ck.Paired(v)
+    np.testing.assert_allclose(p.interval, tuple(t.confidence_interval(0.95)), rtol=1e-12)
+    assert p.p == pytest.approx(t.pvalue, rel=1e-10) and p.n == 40
+    assert ck.Paired(np.full(5, 0.2)).better and ck.Paired(np.full(5, -0.2)).worse
+    assert not ck.Paired(np.zeros(5)).better and not ck.Paired(np.zeros(5)).worse and ck.Paired(np.zeros(5)).p == 1.0
+    assert np.isnan(ck.Paired(np.ones(1)).interval[0])
+    # repeated rows of one profile count once
+    groups = np.repeat(np.arange(20), 2)
+    by = ck.paired_by_profile(np.repeat(v[:20], 2), groups)
+    assert by.n == 20 and by.interval == pytest.approx(ck.Paired(v[:20]).interval)
+
+
+def test_regional_gain_against_a_direct_computation():
+    rng = np.random.default_rng(14)
+    z = np.repeat(rng.normal(size=(60, 3)), 2, axis=0)
+    groups = np.repeat(np.arange(60), 2)
+    err = np.exp(rng.normal(size=(5, 120)))
+    point = np.array([0.2, -0.1, 0.4])
+    r = ck.regional_gain(err, z, point, ref=4, chosen=1, codes=groups, k=6)
+    d = cdist(point[None], z[::2])[0]
+    near = np.argsort(d)[:6]
+    per = err.reshape(5, 60, 2).mean(axis=2)
+    g = np.log(per[4, near] / per[1, near])
+    assert sorted(r.profiles.tolist()) == sorted(near.tolist()) and r.distance == pytest.approx(d[near].mean())
+    assert r.ratio == pytest.approx(np.exp(g.mean()))
+    np.testing.assert_allclose(np.log(r.ratio_interval), stats.ttest_1samp(g, 0).confidence_interval(), rtol=1e-10)
+    assert ck.regional_gain(err[:, :2], z[:2], point, 4, 1, groups[:2]) is None  # one profile: nothing to test
+
+
+def test_coverage_effect_against_mannwhitney():
+    rng = np.random.default_rng(15)
+    train = rng.normal(size=(400, 2))
+    val = np.repeat(rng.normal(size=(100, 2)) * 1.5, 2, axis=0)
+    groups = np.repeat(np.arange(100), 2)
+    scaler = ck.fit_scaler(train)
+    cov = ck.coverage(train, np.zeros(2), val, scaler, ["a", "b"], k=3)
+    dist = ck.knn_distances(scaler.transform(train), scaler.transform(val[::2]), 3)
+    err = np.repeat(0.1 + dist ** 2, 2) * np.exp(rng.normal(scale=0.1, size=200))  # farther: worse
+    ce = ck.coverage_effect(err, cov, groups)
+    e = err.reshape(100, 2).mean(axis=1)
+    sparse = dist >= np.percentile(dist, 90)
+    assert ce.n_sparse == sparse.sum() and ce.ratio == pytest.approx(e[sparse].mean() / e[~sparse].mean())
+    assert ce.p == pytest.approx(stats.mannwhitneyu(e[sparse], e[~sparse], alternative="greater").pvalue)
+    assert ce.worse
+    flat = ck.coverage_effect(np.ones(200), cov, groups)
+    assert not flat.worse and flat.ratio == pytest.approx(1.0)

@@ -19,9 +19,16 @@ From the (E, N) error matrix:
   the validation samples' is inside that noise;
 - **selection check**: pick each sample's best epoch on one half of its repeated
   measurements (or on the sample itself) and score that epoch on the other half
-  (or on its nearest validation neighbours): how much of the in-sample advantage
-  survives on held-out data (Cawley & Talbot 2010: selection on the evaluation
-  data is optimistic);
+  (or on its nearest validation neighbours, other profiles only): how much of the
+  in-sample advantage survives on held-out data (Cawley & Talbot 2010: selection on
+  the evaluation data is optimistic). Together the two checks split an advantage
+  into measurement noise (lost on a re-measurement), what is specific to the one
+  profile (kept on a re-measurement, lost on the neighbours) and what is regional
+  (kept on the neighbours): :class:`AdvantageSplit`;
+- **paired tests across validation profiles** (:class:`Paired`, a t interval of the
+  per-profile gains; repeated rows of one profile count once): the experiment's
+  chosen epoch on its nearest validation profiles, an ensemble against the
+  val-loss-best checkpoint;
 - **coverage** in standardised parameter space: the k-NN distance to the training
   set against the same distance of validation samples, the number of training
   samples within radii taken from that distribution, each parameter's range;
@@ -247,20 +254,167 @@ def selection_by_repeats(err: np.ndarray, repeat_id: np.ndarray, ref: int, seed:
 
 
 def selection_by_neighbours(err: np.ndarray, target_z: np.ndarray, ref: int, k: int = 5,
-                            max_samples: int = MAX_REFERENCE, seed: int = 0) -> SelectionCheck:
+                            max_samples: int = MAX_REFERENCE, seed: int = 0,
+                            groups: np.ndarray | None = None) -> SelectionCheck:
     """Each (sub-sampled) validation sample chooses its own best epoch; that epoch is scored on the sample's
-    ``k`` nearest other validation samples (standardised target space, scikit-learn NearestNeighbors)."""
+    ``k`` nearest other validation samples (standardised target space, scikit-learn NearestNeighbors).
+
+    ``groups`` (N,) profile codes (:func:`profile_codes`): rows of the sample's own profile (its repeated
+    measurements) are no neighbours, so the neighbours measure what carries over to *other* profiles. A row
+    without another profile in reach is skipped."""
     err = _floored(np.asarray(err, dtype=np.float64))
     n = err.shape[1]
+    codes = np.arange(n) if groups is None else np.asarray(groups)
     rows = subsample(n, max_samples, seed)
-    nn = NearestNeighbors(n_neighbors=min(k + 1, n)).fit(target_z)
+    own = int(np.bincount(codes).max())  # rows of one profile, the sample itself included
+    nn = NearestNeighbors(n_neighbors=min(k + own, n)).fit(target_z)
     _, ind = nn.kneighbors(target_z[rows])
-    nbrs = np.array([[j for j in r if j != i][:k] for i, r in zip(rows, ind, strict=True)])
+    nbrs = np.full((len(rows), k), -1)
+    for r, (i, cand) in enumerate(zip(rows, ind, strict=True)):
+        keep = cand[codes[cand] != codes[i]][:k]
+        nbrs[r, :len(keep)] = keep
+    ok = nbrs[:, 0] >= 0
+    rows, nbrs = rows[ok], nbrs[ok]
+    mask = nbrs >= 0
+    idx = np.where(mask, nbrs, 0)
     chosen = err[:, rows].argmin(axis=0)
     gain_in = np.log(err[ref, rows] / err[chosen, rows])
-    nb_ref = err[ref][nbrs].mean(axis=1)
-    nb_chosen = err[chosen[:, None], nbrs].mean(axis=1)
+    nb_ref = (err[ref][idx] * mask).sum(axis=1) / mask.sum(axis=1)
+    nb_chosen = (err[chosen[:, None], idx] * mask).sum(axis=1) / mask.sum(axis=1)
     return SelectionCheck("neighbours", chosen, gain_in, np.log(nb_ref / nb_chosen))
+
+
+@dataclass
+class AdvantageSplit:
+    """Where a per-sample choice's advantage goes (shares of the validation samples' mean log advantage, summing to 1).
+
+    ``regional``: kept on the nearest other profiles (the neighbour check's surviving share); ``noise``: lost on a
+    repeated measurement of the same profile (1 - the repeats check's surviving share); ``profile``: kept on a
+    re-measurement but not on the neighbours, specific to that one profile (epoch-to-epoch luck at that point of
+    parameter space). Without repeated measurements noise and profile are not separable (NaN) and ``specific``
+    (= 1 - regional) holds both. Shares are clipped to [0, 1] in that order (the checks are estimates)."""
+
+    regional: float
+    noise: float
+    profile: float
+
+    @property
+    def specific(self) -> float:
+        return 1.0 - self.regional
+
+
+def split_advantage(neighbours: SelectionCheck, repeats: SelectionCheck | None = None) -> AdvantageSplit:
+    """:class:`AdvantageSplit` from the neighbour check and (when the run has repeated measurements) the repeats one."""
+    regional = float(np.clip(neighbours.surviving_share, 0.0, 1.0)) if np.isfinite(neighbours.surviving_share) \
+        else float("nan")
+    if repeats is None or not np.isfinite(repeats.surviving_share) or not np.isfinite(regional):
+        return AdvantageSplit(regional, float("nan"), float("nan"))
+    kept = float(np.clip(repeats.surviving_share, regional, 1.0))
+    return AdvantageSplit(regional, 1.0 - kept, kept - regional)
+
+
+# --------------------------------------------------------------------------- paired tests across profiles
+def profile_codes(n: int, repeat_id: np.ndarray | None = None) -> np.ndarray:
+    """Row -> profile 0..G-1: rows sharing a ``repeat_id`` are one profile; without ids every row is its own."""
+    if repeat_id is None:
+        return np.arange(n)
+    return pd.factorize(pd.Series(np.asarray(repeat_id).ravel()), sort=True)[0]
+
+
+def profile_mean(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Mean over each profile's rows along the last axis: (..., N) -> (..., G)."""
+    x = np.asarray(x, dtype=np.float64)
+    codes = np.asarray(codes)
+    g = int(codes.max()) + 1
+    onehot = sp.csr_matrix((np.ones(len(codes)), (np.arange(len(codes)), codes)), shape=(len(codes), g))
+    flat = x.reshape(-1, x.shape[-1])
+    return (np.asarray(onehot.T @ flat.T).T / np.bincount(codes, minlength=g)).reshape(*x.shape[:-1], g)
+
+
+@dataclass
+class Paired:
+    """Per-unit gains (> 0 favours the candidate over the reference) across independent units, with a t interval
+    (two-sided, ``level``) and the t-test's p-value (``scipy.stats.t``)."""
+
+    values: np.ndarray = field(repr=False)
+    level: float = 0.95
+
+    @property
+    def n(self) -> int:
+        return int(len(self.values))
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.n else float("nan")
+
+    @property
+    def se(self) -> float:
+        return float(np.std(self.values, ddof=1) / np.sqrt(self.n)) if self.n > 1 else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        if self.n < 2:
+            return float("nan"), float("nan")
+        half = float(stats.t.ppf(0.5 + self.level / 2, self.n - 1)) * self.se
+        return self.mean - half, self.mean + half
+
+    @property
+    def p(self) -> float:
+        if self.n < 2:
+            return float("nan")
+        if self.se == 0:
+            return 1.0 if self.mean == 0 else 0.0
+        return float(2 * stats.t.sf(abs(self.mean / self.se), self.n - 1))
+
+    @property
+    def better(self) -> bool:
+        """The candidate is better beyond noise: the whole interval is above 0."""
+        return bool(self.interval[0] > 0)
+
+    @property
+    def worse(self) -> bool:
+        """The candidate is worse beyond noise: the whole interval is below 0."""
+        return bool(self.interval[1] < 0)
+
+
+def paired_by_profile(gain: np.ndarray, codes: np.ndarray, level: float = 0.95) -> Paired:
+    """Per-row gains averaged within each profile (repeats count once), as a :class:`Paired`."""
+    codes = pd.factorize(pd.Series(np.asarray(codes)))[0]
+    return Paired(profile_mean(gain, codes), level)
+
+
+@dataclass
+class Regional:
+    """A chosen checkpoint against the reference one on the ``k`` validation profiles nearest to a point."""
+
+    k: int
+    profiles: np.ndarray = field(repr=False)  # the profiles' codes
+    distance: float  # mean standardised distance from the point to them
+    log_gain: Paired  # per profile log(err[ref] / err[chosen])
+
+    @property
+    def ratio(self) -> float:
+        return float(np.exp(self.log_gain.mean))
+
+    @property
+    def ratio_interval(self) -> tuple[float, float]:
+        lo, hi = self.log_gain.interval
+        return float(np.exp(lo)), float(np.exp(hi))
+
+
+def regional_gain(err: np.ndarray, target_z: np.ndarray, point_z: np.ndarray, ref: int, chosen: int,
+                  codes: np.ndarray, k: int = 5) -> Regional | None:
+    """Checkpoint ``chosen`` against ``ref`` on the ``k`` validation profiles nearest to ``point_z`` (standardised;
+    a profile sits at the mean of its rows). None when there are fewer than two profiles."""
+    err = _floored(np.asarray(err, dtype=np.float64))
+    codes = pd.factorize(pd.Series(np.asarray(codes)))[0]
+    where = profile_mean(np.asarray(target_z, dtype=np.float64).T, codes).T  # (G, P)
+    kk = min(k, len(where))
+    if kk < 2:
+        return None
+    dist, ind = NearestNeighbors(n_neighbors=kk).fit(where).kneighbors(np.atleast_2d(point_z))
+    per = profile_mean(err[[ref, chosen]], codes)[:, ind[0]]
+    return Regional(kk, ind[0], float(dist[0].mean()), Paired(np.log(per[0] / per[1])))
 
 
 # --------------------------------------------------------------------------- coverage
@@ -298,6 +452,7 @@ class Coverage:
     reference_counts: np.ndarray = field(repr=False)  # (n_ref, 3)
     count_percentiles: np.ndarray = field(repr=False)  # of ``counts`` among ``reference_counts`` (low: sparse)
     ranges: pd.DataFrame = field(repr=False)  # per parameter: min, max, value, position, percentile, outside
+    reference_rows: np.ndarray | None = field(default=None, repr=False)  # the validation rows of reference_distances
 
     @property
     def outside_range(self) -> list[str]:
@@ -322,8 +477,8 @@ def coverage(train: np.ndarray, point: np.ndarray, reference: np.ndarray, scaler
     tz = standardise(train, scaler)
     if k > len(tz):
         raise ValueError(f"need at least {k} training rows for k={k}, got {len(tz)}")
-    q = np.vstack([standardise(np.asarray(point)[None], scaler),
-                   standardise(np.asarray(reference)[subsample(len(reference), max_reference, seed)], scaler)])
+    rows = subsample(len(reference), max_reference, seed)
+    q = np.vstack([standardise(np.asarray(point)[None], scaler), standardise(np.asarray(reference)[rows], scaler)])
     tree = KDTree(tz)
     dist = tree.query(q, k=k)[0].mean(axis=1)
     d_point, d_ref = float(dist[0]), dist[1:]
@@ -331,7 +486,48 @@ def coverage(train: np.ndarray, point: np.ndarray, reference: np.ndarray, scaler
     counts = np.stack([tree.query_radius(q, r=float(r), count_only=True) for r in radii], axis=1)
     count_pct = np.array([percentile_of(counts[1:, j], counts[0, j]) for j in range(len(radii))])
     return Coverage(k, d_point, d_ref, percentile_of(d_ref, d_point), radii, counts[0], counts[1:], count_pct,
-                    parameter_ranges(train, point, names))
+                    parameter_ranges(train, point, names), rows)
+
+
+@dataclass
+class CoverageEffect:
+    """Error of the sparsest validation profiles (k-NN distance to the training set at or above a percentile)
+    against the others', at one checkpoint; Mann-Whitney U (one-sided: the sparse ones fare worse)."""
+
+    percentile: float
+    threshold: float  # the k-NN distance at that percentile
+    n_sparse: int
+    n_rest: int
+    error_sparse: float
+    error_rest: float
+    p: float
+
+    @property
+    def ratio(self) -> float:
+        return self.error_sparse / self.error_rest if self.error_rest > 0 else float("nan")
+
+    @property
+    def worse(self) -> bool:
+        return bool(self.ratio > 1 and self.p < 0.05)
+
+
+def coverage_effect(err: np.ndarray, cov: Coverage, codes: np.ndarray,
+                    percentile: float = 90.0) -> CoverageEffect | None:
+    """Do validation profiles the training set covers sparsely have larger errors (``err`` (N,) at one checkpoint)?
+
+    Uses the validation rows ``cov`` measured (:func:`coverage`'s reference rows and their k-NN distances), one
+    value per profile. None when either side would hold fewer than two profiles."""
+    rows = cov.reference_rows
+    codes = pd.factorize(pd.Series(np.asarray(codes)[rows]))[0]
+    dist = profile_mean(np.asarray(cov.reference_distances, dtype=np.float64)[None], codes)[0]
+    e = profile_mean(np.asarray(err, dtype=np.float64)[rows][None], codes)[0]
+    threshold = float(np.percentile(dist, percentile))
+    sparse = dist >= threshold
+    if sparse.sum() < 2 or (~sparse).sum() < 2:
+        return None
+    p = float(stats.mannwhitneyu(e[sparse], e[~sparse], alternative="greater").pvalue)
+    return CoverageEffect(percentile, threshold, int(sparse.sum()), int((~sparse).sum()), float(e[sparse].mean()),
+                          float(e[~sparse].mean()), p)
 
 
 def parameter_ranges(train: np.ndarray, point: np.ndarray, names: Sequence[str]) -> pd.DataFrame:

@@ -282,7 +282,14 @@ class Diagnosis:
     raw_distance: float | None = None
     selection: ck.SelectionCheck | None = None
     selection_repeats: ck.SelectionCheck | None = None
-    experiment_neighbours: dict | None = None
+    split: ck.AdvantageSplit | None = None  # a per-sample advantage: measurement noise, profile-specific, regional
+    regional: ck.Regional | None = None  # the experiment's chosen epoch on its nearest validation profiles
+    coverage_effect: ck.CoverageEffect | None = None  # do sparsely covered validation profiles fare worse?
+    ensemble_gain: dict = field(default_factory=dict)  # space -> ck.Paired: mean of the last k vs val-loss best
+    ensemble_experiment: dict = field(default_factory=dict)  # the experiment's own change, in its space
+    codes: np.ndarray | None = field(default=None, repr=False)  # row -> validation profile
+    space_err: np.ndarray | None = field(default=None, repr=False)  # (E, N') validation errors in experiment_space
+    space_rows: np.ndarray | None = field(default=None, repr=False)  # the rows of space_err
     bins: pd.DataFrame | None = None
     jacobian: np.ndarray | None = None
     jacobian_method: str = ""
@@ -332,6 +339,7 @@ def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
     ref = int(np.argmin(run.val_loss))
     d = Diagnosis(run, scale, scale_source, err, ck.checkpoint_mse(err), ref, last_k, k_neighbours)
     target_z = ck.standardise(run.target, scaler)
+    d.codes = ck.profile_codes(run.n, run.repeat_id)
 
     # the experiment across checkpoints, in parameter and in curve space
     ref_curve = _experiment_reference_curve(run)
@@ -342,6 +350,7 @@ def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
             d.experiment_curve_err = ck.curve_errors(forward, run.experiment_pred, ref_curve[None])
         if d.experiment_param_err is not None:
             d.experiment_space, d.experiment_err = "parameters", d.experiment_param_err
+            d.space_err, d.space_rows = err, np.arange(run.n)
             d.noise = ck.noise_floor(err, d.experiment_err, ref, seed=seed)
         elif d.experiment_curve_err is not None:
             d.experiment_space, d.experiment_err = "curve", d.experiment_curve_err
@@ -349,6 +358,7 @@ def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
             true_curves = ck.call_forward(forward, run.target[cols])
             val_curve_err = np.stack([ck.curve_errors(forward, run.pred[e, cols], true_curves)
                                       for e in range(run.n_checkpoints)])
+            d.space_err, d.space_rows = val_curve_err, cols
             d.noise = ck.noise_floor(val_curve_err, d.experiment_err, ref, seed=seed)
             d.notes.append(f"no 'experiment_target': the experiment is scored in curve space, against {len(cols)} "
                            "validation samples' curve errors")
@@ -363,16 +373,16 @@ def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
         d.coverage = ck.coverage(run.train_target, d.location, run.target, scaler, run.param_names, k=k_neighbours,
                                  seed=seed)
         d.raw_distance = float(ck.knn_distances(run.train_target, d.location[None], k_neighbours)[0])
+        d.coverage_effect = ck.coverage_effect(err[ref], d.coverage, d.codes, percentile=SPARSE_PERCENTILE)
 
-    # selection on the test case
-    d.selection = ck.selection_by_neighbours(err, target_z, ref, k=k_neighbours, seed=seed)
+    # selection on the test case: what of a per-sample advantage is noise, specific to the profile, regional
+    d.selection = ck.selection_by_neighbours(err, target_z, ref, k=k_neighbours, seed=seed, groups=d.codes)
     if run.repeat_id is not None and pd.Series(run.repeat_id).duplicated().any():
         d.selection_repeats = ck.selection_by_repeats(err, run.repeat_id, ref, seed=seed)
-    if d.location is not None and d.ideal is not None:
-        nb = ck.NearestNeighbors(n_neighbors=k_neighbours).fit(target_z).kneighbors(ck.standardise(d.location[None], scaler))[1][0]
-        e_ref, e_ideal = float(err[ref, nb].mean()), float(err[d.ideal, nb].mean())
-        d.experiment_neighbours = {"k": k_neighbours, "error_val_best": e_ref, "error_ideal": e_ideal,
-                                   "ratio": e_ref / e_ideal if e_ideal > 0 else float("nan")}
+    d.split = ck.split_advantage(d.selection, d.selection_repeats)
+    if d.location is not None and d.ideal is not None:  # the experiment's epoch on its nearest validation profiles
+        d.regional = ck.regional_gain(d.space_err, target_z[d.space_rows], ck.standardise(d.location, scaler), ref,
+                                      d.ideal, d.codes[d.space_rows], k=k_neighbours)
 
     # per-parameter errors by bin at the val-best checkpoint
     d.bins = ck.error_by_bin(run.pred[ref], run.target, scale, run.param_names, bins=4, point=d.location)
@@ -389,7 +399,40 @@ def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
         d.error_pairs = pd.DataFrame({"parameter_error": err[ref, cols], "curve_error": curve_err})
 
     d.remedies = remedies(d, seed)
+    _ensemble_gain(d, seed)
     return d
+
+
+def _ensemble_gain(d: Diagnosis, seed: int) -> None:
+    """The mean of the last k checkpoints against the val-loss-best one, paired across validation profiles:
+    in parameter space on every row, in curve space (with a forward model) on MAX_CORRELATION_SAMPLES rows; and
+    the experiment's own change (log ratio) with its percentile among the validation profiles' changes."""
+    run, ref = d.run, d.ref
+    ens = ck.ensemble(run.pred, d.last_k, "mean")
+    e_ref = ck.per_sample_errors(run.pred[ref], run.target, d.scale)[0]
+    e_ens = ck.per_sample_errors(ens, run.target, d.scale)[0]
+    rows = {"parameters": (e_ref, e_ens, np.arange(run.n))}
+    if run.forward is not None:
+        cols = ck.subsample(run.n, MAX_CORRELATION_SAMPLES, seed)
+        truth = ck.call_forward(run.forward, run.target[cols])
+        rows["curve"] = (ck.curve_errors(run.forward, run.pred[ref, cols], truth),
+                         ck.curve_errors(run.forward, ens[cols], truth), cols)
+    for space, (a, b, idx) in rows.items():
+        d.ensemble_gain[space] = ck.paired_by_profile(a - b, d.codes[idx])
+    column = {"parameters": "experiment_error", "curve": "experiment_curve_mse"}.get(d.experiment_space or "")
+    if column is None or d.experiment_space not in rows:
+        return
+    t = d.remedies
+    mean_row = t.loc[f"mean of the last {d.last_k} checkpoints", column]
+    first = t.iloc[0][column]
+    if np.isfinite(mean_row) and np.isfinite(first) and mean_row > 0 and first > 0:
+        a, b, idx = rows[d.experiment_space]
+        floor = ck.error_floor(a)
+        val_log = ck.profile_mean(np.log(np.maximum(a, floor) / np.maximum(b, floor)),
+                                  pd.factorize(pd.Series(d.codes[idx]))[0])
+        change = float(np.log(first / mean_row))
+        d.ensemble_experiment = {"space": d.experiment_space, "val_best": float(first), "ensemble": float(mean_row),
+                                 "log_ratio": change, "percentile": ck.percentile_of(val_log, change)}
 
 
 def remedies(d: Diagnosis, seed: int = 0) -> pd.DataFrame:
@@ -437,23 +480,99 @@ def _where(run: CheckpointRun) -> str:
     return Path(path).name if path is not None else "the input"
 
 
+def _space(d: Diagnosis) -> str:
+    return {"parameters": "parameter"}.get(d.experiment_space or "", d.experiment_space or "")
+
+
+def _pct(x: float) -> str:
+    return f"{x:.0%}" if np.isfinite(x) else "n/a"
+
+
+def _split_text(d: Diagnosis) -> str:
+    """What part of a validation sample's own-best-epoch advantage is noise, specific to its profile, regional."""
+    sp, k = d.split, d.k_neighbours
+    if sp is None or not np.isfinite(sp.regional):
+        return ""
+    if np.isfinite(sp.noise):
+        return (f"a validation sample's own-best-epoch advantage is {_pct(sp.noise)} measurement noise (lost on a "
+                f"re-measurement), {_pct(sp.profile)} specific to that profile (kept on a re-measurement, not on the {k} "
+                f"nearest other profiles) and {_pct(sp.regional)} regional (kept on them)")
+    return (f"{_pct(sp.regional)} of a validation sample's own-best-epoch advantage carries over to its {k} nearest "
+            f"other profiles (regional), {_pct(sp.specific)} does not (measurement noise and profile-specific luck: "
+            "without 'repeat_id' they cannot be told apart)")
+
+
+def _regional_verdict(r: ck.Regional) -> str:
+    return "beyond noise" if r.log_gain.better else "worse, beyond noise" if r.log_gain.worse else "within noise"
+
+
+def _regional_text(d: Diagnosis) -> str:
+    """The experiment's chosen epoch against the val-loss-best one on the experiment's nearest validation profiles."""
+    r = d.regional
+    if r is None:
+        return ""
+    lo, hi = r.ratio_interval
+    return (f"on the experiment's {r.k} nearest validation profiles (mean distance {r.distance:.2f} SD) the {_space(d)} "
+            f"error ratio of epoch {d.val_best_epoch} to epoch {d.ideal_epoch} is {r.ratio:.2f} (95% CI "
+            f"{lo:.2f}-{hi:.2f}, {_regional_verdict(r)})")
+
+
+def _regional_evidence(d: Diagnosis) -> dict:
+    ev = {}
+    if d.split is not None:
+        ev["advantage_split"] = {"noise": d.split.noise, "profile": d.split.profile, "regional": d.split.regional}
+    if d.regional is not None:
+        r = d.regional
+        ev["experiment_regional"] = {"k": r.k, "mean_distance": r.distance, "ratio": r.ratio,
+                                     "ratio_ci95": list(r.ratio_interval), "p": r.log_gain.p,
+                                     "beyond_noise": r.log_gain.better}
+    return ev
+
+
+def _edges(c: ck.Coverage) -> str:
+    r = c.ranges
+    edge = r[(r["percentile"] < 5) | (r["percentile"] > 95)]
+    return ", ".join(f"{name} at training percentile {row.percentile:.0f}" for name, row in edge.iterrows())
+
+
 def experiment_sparse_coverage(d: Diagnosis) -> Finding:
     fid = "experiment_sparse_coverage"
     if d.run.train_target is None:
         return not_applicable(fid, f"{_where(d.run)} has no 'train_target' array: coverage by the training set cannot be measured", "warning")
     if d.coverage is None:
         return not_applicable(fid, f"{_where(d.run)} has no 'experiment_target' or 'experiment_pred' (or 'experiment_x'): there is no experiment to locate", "warning")
-    c = d.coverage
+    c, ce = d.coverage, d.coverage_effect
     ev = {"knn_distance": c.distance, "knn_distance_percentile": c.percentile, "k": c.k,
           "validation_median_knn_distance": float(np.median(c.reference_distances)),
           "radii": c.radii, "training_samples_within_radii": c.counts, "count_percentiles": c.count_percentiles,
           "location": d.location_source, "unscaled_knn_distance": d.raw_distance, "threshold_percentile": SPARSE_PERCENTILE}
     text = (f"the experiment's mean distance to its {c.k} nearest training samples is {c.distance:.2f} SD, farther than "
-            f"for {c.percentile:.1f}% of validation samples; {int(c.counts[1])} training samples lie within the median "
-            f"validation radius ({c.count_percentiles[1]:.0f}th percentile)")
-    if c.percentile >= SPARSE_PERCENTILE:
-        return Finding(fid, "detected", "warning", f"Sparse region: {text}; add training samples around it.", ev)
-    return Finding(fid, "not_detected", "info", f"Covered like a typical validation sample: {text}.", ev)
+            f"for {c.percentile:.1f}% of validation samples; training samples within the median "
+            f"validation radius: {int(c.counts[1])} (percentile {c.count_percentiles[1]:.0f} among validation samples)")
+    effect = ""
+    if ce is not None:
+        ev["sparse_validation_profiles"] = {"percentile": ce.percentile, "knn_distance_threshold": ce.threshold,
+                                            "n_sparse": ce.n_sparse, "n_rest": ce.n_rest, "error_sparse": ce.error_sparse,
+                                            "error_rest": ce.error_rest, "ratio": ce.ratio, "mannwhitney_p": ce.p}
+        effect = (f"the sparsest {100 - ce.percentile:.0f}% of validation profiles (k-NN distance >= {ce.threshold:.2f} SD) "
+                  f"have {ce.ratio:.2f}x the error of the others at the val-loss-best checkpoint (Mann-Whitney p={ce.p:.2g})")
+    if c.percentile < SPARSE_PERCENTILE:
+        return Finding(fid, "not_detected", "info", f"Covered like a typical validation sample: {text}"
+                       + (f"; {effect}" if effect else "") + ".", ev)
+    where = f" ({_edges(c)})" if _edges(c) else ""
+    if ce is None:
+        action = (f"Measure before adding training profiles near the experiment{where}: it is farther from the training set "
+                  f"than {c.percentile:.1f}% of validation samples, but too few validation profiles are as sparse to tell "
+                  "whether sparse coverage costs accuracy.")
+    elif ce.worse:
+        action = (f"Add training profiles around the experiment{where}: it is farther from the training set than "
+                  f"{c.percentile:.1f}% of validation samples, and on this run {effect}.")
+    else:
+        action = (f"Coverage does not explain the experiment's error on this run, so adding training profiles near it is "
+                  f"not shown to help: it is farther from the training set than {c.percentile:.1f}% of validation samples, "
+                  f"but {effect}.")
+    return Finding(fid, "detected", "warning", f"Sparse region: {text}" + (f"; {effect}" if effect else "") + ".", ev,
+                   action=action)
 
 
 def experiment_outside_support(d: Diagnosis) -> Finding:
@@ -470,16 +589,23 @@ def experiment_outside_support(d: Diagnosis) -> Finding:
     if outside or c.beyond_reference:
         why = (f"{', '.join(outside)} outside the training range" if outside else "") + \
               ("; " if outside and c.beyond_reference else "") + \
-              (f"farther from the training set ({c.distance:.2f} SD) than every validation sample "
-               f"(max {ev['max_validation_knn_distance']:.2f})" if c.beyond_reference else "")
+              (f"{c.distance:.2f} SD from the training set, farther than every validation sample "
+               f"(max {ev['max_validation_knn_distance']:.2f} SD)" if c.beyond_reference else "")
         return Finding(fid, "detected", "critical", f"The experiment is outside the training support ({why}): every "
-                       "checkpoint extrapolates there, and validation loss says nothing about it.", ev)
+                       "checkpoint extrapolates there, and validation loss says nothing about it.", ev,
+                       action=f"Widen the training distribution to cover the experiment ({why}): until it does, no "
+                              "validation score can vouch for any checkpoint there.")
     return Finding(fid, "not_detected", "info", "The experiment lies inside the training ranges and no farther from the "
                    f"training set than the validation samples (k-NN distance {c.distance:.2f} SD, validation max "
                    f"{ev['max_validation_knn_distance']:.2f}).", ev)
 
 
 def swing_within_noise(d: Diagnosis) -> Finding:
+    """The experiment's swing against the validation samples' own swings, and against its nearest validation profiles.
+
+    Detected when the swing is material but no larger than the validation samples' (at or below the
+    NOISE_PERCENTILE-th percentile) and the experiment's nearest validation profiles do not confirm it beyond noise:
+    then nothing measured separates the 'ideal' epoch from luck. A swing the neighbours confirm is regional."""
     fid = "swing_within_noise"
     if not d.run.has_experiment:
         return not_applicable(fid, f"{_where(d.run)} has no 'experiment_pred' (or 'experiment_x'): no experiment to follow across checkpoints", "warning")
@@ -490,21 +616,42 @@ def swing_within_noise(d: Diagnosis) -> Finding:
     ev = {"val_best_epoch": d.val_best_epoch, "experiment_best_epoch": d.ideal_epoch, "space": d.experiment_space,
           "experiment_advantage": n.experiment_advantage, "advantage_percentile": n.percentile,
           "validation_median_advantage": n.sample_median, "validation_p95_advantage": n.sample_p95,
-          "median_epoch_to_epoch_change": float(np.median(n.step_change)), "threshold_percentile": NOISE_PERCENTILE}
+          "median_epoch_to_epoch_change": float(np.median(n.step_change)), "threshold_percentile": NOISE_PERCENTILE,
+          **_regional_evidence(d)}
     if d.ideal == d.ref:
         return Finding(fid, "not_detected", "info", f"The val-loss-best checkpoint (epoch {d.val_best_epoch}) is also the best "
                        "on the experiment: there is no swing to explain.", ev)
     if n.experiment_advantage < MATERIAL_ADVANTAGE:
         return Finding(fid, "not_detected", "info", f"No material swing: the best checkpoint on the experiment (epoch "
                        f"{d.ideal_epoch}) is only {n.experiment_advantage:.3f}x better than the val-loss-best epoch {d.val_best_epoch}.", ev)
-    text = (f"epoch {d.ideal_epoch} fits the experiment {n.experiment_advantage:.2f}x better than the val-loss-best epoch "
-            f"{d.val_best_epoch} ({d.experiment_space} error); {100 - n.percentile:.0f}% of validation samples have an own best "
+    size = (f"epoch {d.ideal_epoch} fits the experiment {n.experiment_advantage:.2f}x better than the val-loss-best epoch "
+            f"{d.val_best_epoch} ({_space(d)} error); {100 - n.percentile:.0f}% of validation samples have an own best "
             f"epoch at least that much better (median {n.sample_median:.2f}x, 95th percentile {n.sample_p95:.2f}x)")
-    if n.percentile <= NOISE_PERCENTILE:
-        return Finding(fid, "detected", "warning", f"The swing is inside the noise floor: {text}; the 'ideal' epoch is ordinary "
-                       "epoch-to-epoch luck, not a better model.", ev)
-    return Finding(fid, "not_detected", "info", f"The swing exceeds the noise floor: {text}; the checkpoints really differ "
-                   "on this experiment (look at coverage and sensitivity).", ev)
+    if d.experiment_space == "parameters" and d.experiment_curve_err is not None:
+        c = d.experiment_curve_err
+        ratio = c[d.ref] / c[d.ideal] if c[d.ideal] > 0 else float("nan")
+        size += f"; in curve space the error ratio of epoch {d.val_best_epoch} to epoch {d.ideal_epoch} is {ratio:.2f}"
+        ev["experiment_curve_ratio"] = ratio
+    parts = "; ".join(x for x in (size, _regional_text(d), _split_text(d)) if x)
+    regional_real = d.regional is not None and d.regional.log_gain.better
+    if n.percentile > NOISE_PERCENTILE:
+        return Finding(fid, "not_detected", "info", f"The swing exceeds the noise floor: {parts}; the checkpoints really "
+                       "differ on this experiment (look at coverage and sensitivity).", ev)
+    if regional_real:
+        return Finding(fid, "not_detected", "info", f"The swing is ordinary in size but regional: {parts}. The nearby "
+                       f"validation profiles, not the experiment, are the fair ground to choose epoch {d.ideal_epoch} on.", ev)
+    near = ""
+    if d.regional is not None:
+        lo, hi = d.regional.ratio_interval
+        near = (f", and on the experiment's {d.regional.k} nearest validation profiles the error ratio is "
+                f"{d.regional.ratio:.2f} (95% CI {lo:.2f}-{hi:.2f}, {_regional_verdict(d.regional)})")
+    confirm = (f"the experiment's {d.regional.k} nearest validation profiles do not confirm" if d.regional is not None
+               else "no validation profiles near the experiment can test")
+    return Finding(fid, "detected", "warning", f"The swing is within the validation samples' own (at or below their 95th percentile): {parts}. So "
+                   f"{confirm} that epoch {d.ideal_epoch} is a better model for the experiment's region.", ev,
+                   action=f"Do not switch to epoch {d.ideal_epoch} for the experiment; choose the checkpoint on validation "
+                          f"data: its {n.experiment_advantage:.2f}x advantage is no larger than that of "
+                          f"{100 - n.percentile:.0f}% of validation samples' own best epochs{near}.")
 
 
 def selection_does_not_generalize(d: Diagnosis) -> Finding:
@@ -512,46 +659,83 @@ def selection_does_not_generalize(d: Diagnosis) -> Finding:
     s, r = d.selection, d.selection_repeats
     ev = {"method": s.method, "units": s.n, "in_sample_ratio": s.in_sample_ratio, "held_out_ratio": s.held_out_ratio,
           "surviving_share": s.surviving_share, "share_better_on_held_out": s.share_better, "k": d.k_neighbours,
-          "threshold": SURVIVING_SHARE_MIN}
+          "threshold": SURVIVING_SHARE_MIN, **_regional_evidence(d)}
     if r is not None:
         ev.update({"repeats_units": r.n, "repeats_surviving_share": r.surviving_share,
                    "repeats_in_sample_ratio": r.in_sample_ratio, "repeats_held_out_ratio": r.held_out_ratio})
-    if d.experiment_neighbours is not None:
-        ev["experiment_neighbours"] = d.experiment_neighbours
     if not np.isfinite(s.surviving_share) or s.in_sample_ratio < MATERIAL_ADVANTAGE:
         return Finding(fid, "not_detected", "info", f"A sample's own best checkpoint beats the val-loss-best one by "
                        f"{s.in_sample_ratio:.3f}x on average: there is no material per-sample choice to make.", ev)
-    text = (f"a checkpoint chosen on one validation sample is {s.in_sample_ratio:.2f}x better than the val-loss-best one on "
-            f"that sample but {s.held_out_ratio:.2f}x on its {d.k_neighbours} nearest neighbours ({s.surviving_share:.0%} of the advantage "
-            "survives)")
+    text = f"a checkpoint chosen on one validation sample is {s.in_sample_ratio:.2f}x better than the val-loss-best one there"
     if r is not None:
-        text += f"; on repeated measurements of the same sample {r.surviving_share:.0%} survives"
-    if d.experiment_neighbours is not None:
-        text += (f"; the experiment's epoch {d.ideal_epoch} is {d.experiment_neighbours['ratio']:.2f}x the val-best epoch on "
-                 "the experiment's nearest validation samples")
+        text += f", {r.held_out_ratio:.2f}x on a repeated measurement of it"
+    text += f" and {s.held_out_ratio:.2f}x on its {d.k_neighbours} nearest other profiles"
+    text = "; ".join(x for x in (text, _split_text(d), _regional_text(d)) if x)
     if s.surviving_share < SURVIVING_SHARE_MIN:
-        return Finding(fid, "detected", "warning", f"Choosing the checkpoint on the test case does not generalise: {text}; "
-                       "report the val-loss-best (or an ensemble) and keep the experiment for testing.", ev)
+        return Finding(fid, "detected", "warning", f"A checkpoint chosen on one sample does not carry over to other "
+                       f"samples: {text}.", ev,
+                       action=f"Choose checkpoints on the mean validation error, never on the one case you report: only "
+                              f"{_pct(d.split.regional)} of a per-sample choice's advantage carries over to the "
+                              f"{d.k_neighbours} nearest other validation profiles ({s.in_sample_ratio:.2f}x where chosen, "
+                              f"{s.held_out_ratio:.2f}x there).")
     return Finding(fid, "not_detected", "info", f"Per-sample checkpoint choice carries over to similar samples: {text}.", ev)
 
 
+def _gain_text(g: ck.Paired, fmt: str) -> str:
+    lo, hi = g.interval
+    return f"paired gain {g.mean:{fmt}}, 95% CI {lo:{fmt}} to {hi:{fmt}} over {g.n} profiles"
+
+
 def ensemble_improves(d: Diagnosis) -> Finding:
+    """The mean of the last k checkpoints against the val-loss-best one, paired across validation profiles.
+
+    Detected only when it is better beyond noise in the space the experiment is scored in (parameters without an
+    experiment), not worse beyond noise in the other space measured, and the experiment's own change is not below
+    the 5th percentile of the validation profiles' changes."""
     fid = "ensemble_improves"
-    t = d.remedies
+    t, k = d.remedies, d.last_k
     best = t.iloc[0]
-    mean_row = t.loc[f"mean of the last {d.last_k} checkpoints"]
-    ev = {"last_k": d.last_k, "val_error_val_best": best["val_error"], "val_error_mean_ensemble": mean_row["val_error"],
+    mean_row = t.loc[f"mean of the last {k} checkpoints"]
+    space = d.experiment_space if d.experiment_space in d.ensemble_gain else "parameters"
+    main = d.ensemble_gain[space]
+    others = {s: g for s, g in d.ensemble_gain.items() if s != space}
+    ev = {"last_k": k, "val_error_val_best": best["val_error"], "val_error_mean_ensemble": mean_row["val_error"],
           "experiment_error_val_best": best["experiment_error"], "experiment_error_mean_ensemble": mean_row["experiment_error"],
+          "space": space, "experiment": d.ensemble_experiment,
+          "paired": {s: {"gain": g.mean, "ci95": list(g.interval), "p": g.p, "profiles": g.n}
+                     for s, g in d.ensemble_gain.items()},
           "table": t[["val_error", "experiment_error", "experiment_curve_mse"]].to_dict(orient="index")}
-    better_val = mean_row["val_error"] < best["val_error"]
-    exp_known = np.isfinite(mean_row["experiment_error"]) and np.isfinite(best["experiment_error"])
-    not_worse_exp = (not exp_known) or mean_row["experiment_error"] <= best["experiment_error"]
-    exp_text = (f", experiment {mean_row['experiment_error']:.3g} vs {best['experiment_error']:.3g}" if exp_known else "")
-    text = (f"the mean of the last {d.last_k} checkpoints scores validation {mean_row['val_error']:.4g} vs "
-            f"{best['val_error']:.4g} for the val-loss-best checkpoint{exp_text} (standardised MSE)")
-    if better_val and not_worse_exp:
-        return Finding(fid, "detected", "info", f"The ensemble improves: {text}; use it instead of picking one epoch.", ev)
-    return Finding(fid, "not_detected", "info", f"No gain from the ensemble: {text}.", ev)
+    fmt = {"parameters": ".2g", "curve": ".3g"}
+    where = {"parameters": "parameter space", "curve": "curve space"}
+    parts = [f"the mean of the last {k} checkpoints scores validation {mean_row['val_error']:.4g} vs {best['val_error']:.4g} "
+             f"for the val-loss-best checkpoint (standardised MSE; {_gain_text(d.ensemble_gain['parameters'], '.2g')})"]
+    if "curve" in d.ensemble_gain:
+        parts.append(f"validation curve MSE {_gain_text(d.ensemble_gain['curve'], '.3g')}")
+    x = d.ensemble_experiment
+    if x:
+        parts.append(f"the experiment {x['ensemble']:.4g} vs {x['val_best']:.4g} ({_space(d)} error), a change at "
+                     f"percentile {x['percentile']:.0f} of the validation profiles' changes")
+    text = "; ".join(parts)
+    reasons = []
+    if not main.better:
+        scored = ", where the experiment is scored," if d.experiment_space == space else ""
+        reasons.append(f"in {where[space]}{scored} the gain is within noise" if not main.worse
+                       else f"in {where[space]}{scored} it is worse beyond noise")
+    reasons += [f"in {where[s]} it is worse beyond noise" for s, g in others.items() if g.worse]
+    if x and x["percentile"] < 5:
+        reasons.append("it fares worse on the experiment than on 95% of validation profiles")
+    if not reasons:
+        lo, hi = main.interval
+        cost = f"{k} model evaluations per prediction"
+        if x:
+            cost += (f"; on the experiment its {_space(d)} error is {x['ensemble']:.4g} vs {x['val_best']:.4g}, a change "
+                     f"at percentile {x['percentile']:.0f} of the validation profiles' changes")
+        return Finding(fid, "detected", "info", f"The ensemble improves beyond noise: {text}.", ev,
+                       action=f"Average the predictions of the last {k} checkpoints instead of keeping epoch "
+                              f"{d.val_best_epoch}: validation error gain in {where[space]} {main.mean:{fmt[space]}} "
+                              f"(95% CI {lo:{fmt[space]}} to {hi:{fmt[space]}} over {main.n} profiles), at the cost of "
+                              f"{cost}.")
+    return Finding(fid, "not_detected", "info", f"The ensemble is not shown to improve ({'; '.join(reasons)}): {text}.", ev)
 
 
 def findings(d: Diagnosis) -> list[Finding]:
@@ -581,6 +765,13 @@ def metrics(d: Diagnosis) -> dict[str, Any]:
     m.update({"selection_surviving_share": d.selection.surviving_share, "selection_method": d.selection.method})
     if d.selection_repeats is not None:
         m["selection_surviving_share_repeats"] = d.selection_repeats.surviving_share
+    if d.split is not None:
+        m["advantage_split"] = {"noise": d.split.noise, "profile": d.split.profile, "regional": d.split.regional}
+    if d.regional is not None:
+        m["experiment_regional_ratio"] = d.regional.ratio
+        m["experiment_regional_ratio_ci95"] = list(d.regional.ratio_interval)
+    m["ensemble_paired_gain"] = {s: {"gain": g.mean, "ci95": list(g.interval), "profiles": g.n}
+                                 for s, g in d.ensemble_gain.items()}
     if d.correlation is not None:
         m["param_curve_error_spearman"] = d.correlation["spearman_rho"]
     m["remedies"] = d.remedies[["val_error", "experiment_error", "experiment_curve_mse"]].to_dict(orient="index")

@@ -107,7 +107,7 @@ def selection(d: Diagnosis) -> plt.Figure:
         top = float(np.exp(c.in_sample).max())
         ax.plot([1, top], [1, top], "k--", lw=1, label="all of it survives")
         ax.axhline(1, color="C3", lw=1, label="none survives")
-        held = "its nearest validation samples" if c.method == "neighbours" else "the other half of its repeats"
+        held = "its nearest other validation profiles" if c.method == "neighbours" else "the other half of its repeats"
         ax.set(xscale="log", xlabel="chosen checkpoint's advantage where chosen", ylabel=f"advantage on {held}",
                title=f"{c.method}: {c.surviving_share:.0%} of the advantage survives")
         ax.legend(fontsize="small")
@@ -140,8 +140,9 @@ def lab_seeds(curves: pd.DataFrame) -> plt.Figure:
         axes[1].plot(g["epoch"], g["experiment_error"], color=color, marker="o", ms=3, label=f"seed {seed}")
         axes[0].axvline(g.loc[g["val_loss"].idxmin(), "epoch"], color=color, ls=":")
         axes[1].axvline(g.loc[g["experiment_error"].idxmin(), "epoch"], color=color, ls=":")
-    axes[0].set(xlabel="epoch", ylabel="val loss", yscale="log", title="val loss: the seeds agree")
-    axes[1].set(xlabel="epoch", ylabel="experiment error (standardised MSE)", title="experiment: the best epoch moves")
+    axes[0].set(xlabel="epoch", ylabel="val loss", yscale="log", title="val loss (dotted: each seed's best epoch)")
+    axes[1].set(xlabel="epoch", ylabel="experiment error (standardised MSE)",
+                title="experiment error (dotted: each seed's best epoch)")
     for ax in axes:
         ax.legend(fontsize="small")
     fig.tight_layout()

@@ -196,16 +196,22 @@ def with_seed(seed: int, **changes) -> InverseConfig:
     return replace(InverseConfig(), seed=seed, **changes)
 
 
-def seed_lab(seeds=(0, 1), cfg: InverseConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+# the lab's smaller setting (a few seconds per training)
+LAB = InverseConfig(n_train=800, n_val=60, repeats=1)
+
+
+def seed_lab(seeds=(0, 1), cfg: InverseConfig | None = None,
+             data: Dataset | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The mechanism lab: the same data, the same model, training seeds differ (initialisation, batch order).
 
     Returns per-epoch curves (seed, epoch, val_loss, experiment_error) and one row per seed (its val-loss-best
     epoch, experiment-best epoch, final val loss). The experiment error is standardised by the training targets' SD.
+    ``data``: :func:`make_dataset` of ``cfg`` when already made.
     """
     from helpers.checkpoint_divergence import checkpoints as ck
 
-    cfg = cfg or InverseConfig(n_train=800, n_val=60, repeats=1)
-    data = make_dataset(cfg)
+    cfg = cfg or LAB
+    data = data if data is not None else make_dataset(cfg)
     scale = ck.fit_scaler(data.train_target).scale_
     rows, summary = [], []
     for s in seeds:
@@ -218,3 +224,81 @@ def seed_lab(seeds=(0, 1), cfg: InverseConfig | None = None) -> tuple[pd.DataFra
                         "best_experiment_error": float(exp_err.min())})
     curves = pd.concat(rows, ignore_index=True)
     return curves, pd.DataFrame(summary).set_index("seed")
+
+
+def profiles_near(point: np.ndarray, n: int, reference: np.ndarray, rng: np.random.Generator,
+                  pool: int = 20000) -> np.ndarray:
+    """``n`` profiles drawn under the constraints: the nearest of ``pool`` draws to ``point``, in the space of
+    ``reference`` (the training targets) standardised."""
+    from helpers.checkpoint_divergence import checkpoints as ck
+
+    scaler = ck.fit_scaler(reference)
+    draws = sample_parameters(pool, rng)
+    dist = np.linalg.norm(ck.standardise(draws, scaler) - ck.standardise(np.asarray(point)[None], scaler), axis=1)
+    return draws[np.argsort(dist, kind="stable")[:n]]
+
+
+def with_training_profiles(data: Dataset, extra: np.ndarray, cfg: InverseConfig, rng: np.random.Generator) -> Dataset:
+    """``data`` with ``extra`` training profiles added, measured like the others (forward model + counting noise)."""
+    curves = rc.forward(torch.as_tensor(extra, dtype=torch.float32)).numpy()
+    return replace(data, train_x=np.concatenate([data.train_x, measure(curves, cfg.peak_counts, rng)]),
+                   train_target=np.concatenate([data.train_target, extra]))
+
+
+def coverage_lab(seeds=(0, 1), extra: int = 200, cfg: InverseConfig | None = None,
+                 data: Dataset | None = None) -> pd.DataFrame:
+    """The fix for a sparsely covered experiment, measured: the lab's training set plus ``extra`` profiles drawn
+    near the experiment ("near"), or plus as many drawn from the same constrained prior ("prior"), trained with
+    each seed. One row per (seed, arm): the epoch with the lowest val loss, the experiment's error there and the
+    validation error there (both standardised MSE, scaled by the base training targets' SD)."""
+    from helpers.checkpoint_divergence import checkpoints as ck
+
+    cfg = cfg or LAB
+    data = data if data is not None else make_dataset(cfg)
+    scale = ck.fit_scaler(data.train_target).scale_
+    rng = np.random.default_rng(cfg.seed + 100)
+    arms = {"near": profiles_near(data.experiment_target, extra, data.train_target, rng),
+            "prior": sample_parameters(extra, rng)}
+    rows = []
+    for name, profiles in arms.items():
+        with deterministic_torch(cfg.seed):
+            grown = with_training_profiles(data, profiles, cfg, np.random.default_rng(cfg.seed + 101))
+        for s in seeds:
+            run = train(grown, cfg, seed=int(s))
+            best = int(run.val_loss.argmin())
+            exp_err = ck.per_sample_errors(run.experiment_pred[best][None], data.experiment_target[None], scale)[0, 0]
+            rows.append({"seed": int(s), "arm": name, "extra_profiles": extra, "val_best_epoch": int(run.epoch[best]),
+                         "experiment_error": float(exp_err),
+                         "val_error": float(ck.per_sample_errors(run.pred[best], data.target, scale).mean())})
+    return pd.DataFrame(rows)
+
+
+def _listed(values, fmt: str = "", unit: str = "") -> str:
+    return " and ".join(f"{v:{fmt}}{unit}" for v in values)
+
+
+def support(seeds: pd.DataFrame | None = None, coverage: pd.DataFrame | None = None) -> dict[str, str]:
+    """What the lab measured for the fixes, one sentence per finding id, from :func:`seed_lab`'s per-seed table
+    and :func:`coverage_lab`'s table (the sample's inverse model retrained, not the run under diagnosis)."""
+    out = {}
+    if seeds is not None and len(seeds):
+        adv = seeds["experiment_error_at_val_best"] / seeds["best_experiment_error"]
+        moved = (seeds["experiment_best_epoch"] != seeds["val_best_epoch"]).any() or \
+            seeds["experiment_best_epoch"].nunique() > 1
+        out["swing_within_noise"] = (
+            f"the sample's inverse model retrained on the same data with seeds {_listed(seeds.index)} fitted the "
+            f"experiment best at epochs {_listed(seeds['experiment_best_epoch'])}, its val-loss-best epochs being "
+            f"{_listed(seeds['val_best_epoch'])} ({_listed(adv, '.2f', 'x')} better there than at the val-loss-best); "
+            + ("the experiment-best epoch moved with the seed." if moved else "the experiment-best epoch did not move."))
+    if coverage is not None and len(coverage):
+        t = coverage.pivot(index="seed", columns="arm")
+        lower = bool((t["experiment_error", "near"] < t["experiment_error", "prior"]).all())
+        n = int(coverage["extra_profiles"].iloc[0])
+        out["experiment_sparse_coverage"] = (
+            f"the sample's inverse model trained with {n} extra profiles drawn near the experiment instead of {n} from "
+            f"the prior had an experiment error of {_listed(t['experiment_error', 'near'], '.3g')} instead of "
+            f"{_listed(t['experiment_error', 'prior'], '.3g')} (seeds {_listed(t.index)}; "
+            + ("lower with every seed" if lower else "not lower with every seed")
+            + f"), at a validation error of {_listed(t['val_error', 'near'], '.3g')} instead of "
+            f"{_listed(t['val_error', 'prior'], '.3g')}.")
+    return out
