@@ -76,7 +76,6 @@ def batch(tmp_path_factory):
                   "score": np.r_[rng.uniform(0, 0.6, 300), rng.uniform(0.4, 1, 300)]}).to_csv(tmp / "scores.csv", index=False)
     (tmp / "roc.py").write_text("import time\n\ndef roc(scores, labels):\n    time.sleep(3600)\n")
     m = write(tmp / "m.yaml", f"""
-cell_timeout: 15
 runs:
   good:
     01_r2_gap: {{run_demos: false}}
@@ -87,7 +86,7 @@ runs:
     01_r2_gap: {{run_demos: false}}
   hang:
     04_roc_collapse: {{scores: {tmp / 'scores.csv'}, roc_function: "{tmp / 'roc.py'}:roc", callable_timeout: 3600,
-                       run_demos: false}}
+                       run_demos: false, cell_timeout: 10}}
 """)
     reports = tmp / "reports"
     out, err = io.StringIO(), io.StringIO()
@@ -106,7 +105,7 @@ def test_a_manifest_runs_on_a_local_cluster_and_one_failure_does_not_stop_the_ot
     assert batch["code"] == 1
     assert "FAILED  bad/01_r2_gap: InputError: predictions: " in err and "cannot be read as a table" in err
     assert "2 notebook(s) failed: bad/01_r2_gap, hang/04_roc_collapse" in err
-    assert "FAILED  hang/04_roc_collapse: CellTimeoutError" in err and "15 seconds" in err
+    assert "FAILED  hang/04_roc_collapse: CellTimeoutError" in err and "10 seconds" in err
     assert "FAILED: CellTimeoutError" in (reports / "hang" / "index.html").read_text()
     for nb in ("good/01_r2_gap", "bad/02_encoder_variance", "c1/01_r2_gap"):
         assert (reports / nb / "summary.json").exists() and (reports / nb / f"{nb.split('/')[1]}.html").exists()

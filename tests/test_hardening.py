@@ -698,8 +698,11 @@ case("04", "pair_id partly words (csv)", Refused("scores", "scores.csv", "'pair_
     edit_table("scores", lambda t: t.assign(pair_id=t["pair_id"].astype(object).where(t.index != 4, "g4")), ".csv"))
 case("04", "pair_id fractional", Refused("scores", S, "'pair_id' must hold integers"))(
     edit_table("scores", lambda t: t.assign(pair_id=t["pair_id"] + 0.5)))
-case("04", "sample_id twice in an epoch", Refused("scores", S, "sample_id appears twice"))(
+case("04", "sample_id twice in an epoch", DIAGNOSED)(  # the duplicated_eval_rows finding
     edit_table("scores", lambda t: t.assign(sample_id=t["sample_id"].where(t.index != 1, t["sample_id"][0]))))
+case("04", "sample_id twice in an epoch with both labels", Refused("scores", S, "has both labels in epoch"))(
+    edit_table("scores", lambda t: t.assign(sample_id=t["sample_id"].where(t.index != 1, t["sample_id"][0]),
+                                            label=t["label"].where(t.index != 1, 1 - t["label"][0]))))
 case("04", "one epoch", DIAGNOSED)(
     lambda d, p: {**edit_table("scores", lambda t: t[t["epoch"] == t["epoch"].max()])(d, p), "history": "",
                   "seen_ids": ""})

@@ -80,8 +80,9 @@ DEFAULT_CELL_TIMEOUT = 1800.0  # seconds per cell: bounds a hang (user code stuc
 def load_manifest(path: str | Path, cell_timeout: float | None = None) -> list[Task]:
     """Parse and validate a manifest; relative file paths become absolute. Raises ManifestError.
 
-    Each task's per-cell timeout is ``cell_timeout`` when given (the command line), else the
-    manifest's top-level ``cell_timeout:`` (seconds), else :data:`DEFAULT_CELL_TIMEOUT`.
+    Each task's per-cell timeout is ``cell_timeout`` when given (the command line), else the task's
+    own ``cell_timeout`` key (beside its parameters; the runner's, not passed to the notebook), else
+    the manifest's top-level ``cell_timeout:`` (seconds), else :data:`DEFAULT_CELL_TIMEOUT`.
     """
     import yaml
 
@@ -117,8 +118,14 @@ def load_manifest(path: str | Path, cell_timeout: float | None = None) -> list[T
             overrides = {} if overrides is None else overrides
             if not isinstance(overrides, dict):
                 raise ManifestError(path, "expected a mapping of parameter overrides", run=run, notebook=nb)
+            overrides = dict(overrides)
+            own = overrides.pop("cell_timeout", timeout) if cell_timeout is None else timeout  # the runner's, per task
+            if isinstance(own, bool) or not isinstance(own, int | float) or not own > 0:
+                raise ManifestError(path, f"cell_timeout must be a positive number of seconds, got {own!r}",
+                                    run=run, notebook=nb, key="cell_timeout")
+            overrides.pop("cell_timeout", None)
             tasks.append(Task(run, nb, {str(k): _check_value(path, run, nb, str(k), v) for k, v in overrides.items()},
-                              cell_timeout=float(timeout)))
+                              cell_timeout=float(own)))
     return tasks
 
 
