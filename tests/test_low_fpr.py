@@ -216,3 +216,87 @@ def test_audit_reports_a_raising_function():
     assert not table["agrees"].iloc[-1] and "RuntimeError: boom" in table["where"].iloc[-1]
     # one class: scikit-learn refuses (UndefinedMetricWarning); refusing agrees
     assert table.set_index("case").loc["one class only", "agrees"]
+
+
+# ----------------------------------------------------------------------------- an interval that holds with few negatives
+def test_threshold_ranks_are_the_binomial_tails():
+    from scipy.stats import binom
+
+    for n, t in [(65090, 1e-4), (65090, 1e-3), (350, 0.01), (25000, 1e-4), (40, 0.5)]:
+        k_lo, k_hi = lf.threshold_ranks(n, t)
+        assert binom.cdf(k_lo - 1, n, t) <= 0.0125 < binom.cdf(k_lo, n, t)  # P(K < k_lo) <= a/4, the largest such
+        assert binom.sf(k_hi, n, t) <= 0.0125 < binom.sf(k_hi - 1, n, t)  # P(K > k_hi) <= a/4, the smallest such
+    assert lf.threshold_ranks(65090, 1e-4) == (2, 13)  # the sample's 6 allowed negatives: the threshold's rank 2..13
+
+
+def coverage(n_neg, n_pos, t, tpr, reps, seed=0, n_boot=400):
+    """Share of simulated evaluations whose interval covers the population tpr at the fpr-t threshold
+    (Gaussian scores, so the truth is known): (order-statistic interval, stratified bootstrap)."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(seed)
+    q = norm.isf(t)
+    mu = q + norm.ppf(tpr)
+    truth = norm.sf(q - mu)
+    y = np.r_[np.zeros(n_neg, int), np.ones(n_pos, int)]
+    hit_os = hit_boot = 0
+    for r in range(reps):
+        c = lf.curve(y, np.r_[rng.normal(0, 1, n_neg), rng.normal(mu, 1, n_pos)])
+        iv = lf.order_statistic_interval(c, t)
+        b = lf.bootstrap_tpr_at_fpr(c, t, n_boot=n_boot, seed=r)
+        hit_os += iv["low"] <= truth <= iv["high"]
+        hit_boot += b["low"] <= truth <= b["high"]
+    return hit_os / reps, hit_boot / reps
+
+
+def test_the_order_statistic_interval_holds_where_a_handful_of_negatives_set_the_threshold():
+    """Where 3 negatives set the threshold (350 negatives, fpr 0.01), the bootstrap's 95% interval covers the
+    truth in about 90% of evaluations (it cannot place the threshold beyond the negatives it has); the
+    order-statistic interval covers it in at least 95%. With 30 negatives the bootstrap is back to ~95%."""
+    exact, boot = coverage(350, 2000, 0.01, 0.7, reps=500)
+    assert exact >= 0.95 and boot < 0.93, (exact, boot)
+    exact, boot = coverage(3000, 2000, 0.01, 0.7, reps=200, seed=1)
+    assert exact >= 0.95 and boot >= 0.93, (exact, boot)
+
+
+def test_order_statistic_interval_with_ties_and_degenerate_inputs():
+    y, s = run_with_ties(n=4000, decimals=1, seed=2)
+    c = lf.curve(y, s)
+    for t in (0.005, 0.05, 0.3):
+        iv = lf.order_statistic_interval(c, t)
+        assert 0 <= iv["low"] <= iv["high"] <= 1
+        assert iv["low"] <= lf.tpr_at_fpr(c.fpr, c.tpr, t) <= iv["high"]
+    # the top tie holds more negatives than any rank the threshold can take: tpr is 0, and so is the interval
+    n_neg = 65090
+    y = np.r_[np.ones(1000, int), np.zeros(n_neg, int)]
+    s = np.r_[np.ones(900), np.full(100, 0.5), np.ones(50), np.zeros(n_neg - 50)]
+    iv = lf.order_statistic_interval(lf.curve(y, s), 1e-4)
+    assert iv["tpr"] == 0.0 and iv["low"] == 0.0 and iv["high"] < 0.01
+    # fewer negatives than the rank range: the threshold may be above all of them, so the interval starts at 0
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(2000, int), np.ones(500, int)]
+    iv = lf.order_statistic_interval(lf.curve(y, np.r_[rng.normal(0, 1, 2000), rng.normal(3, 1, 500)]), 1e-4)
+    assert iv["rank_low"] == 0 and iv["low"] == 0.0
+
+
+def test_negatives_for_width_is_what_the_interval_reaches_at_that_size():
+    """The projection from one evaluation: at the projected number of negatives (same score distributions),
+    the interval is about the width asked for; more negatives than that are not needed by much."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(3)
+    t, mu = 1e-3, norm.isf(1e-3) + norm.ppf(0.8)
+
+    def evaluate(n_neg, n_pos=20000):
+        y = np.r_[np.zeros(n_neg, int), np.ones(n_pos, int)]
+        return lf.curve(y, np.r_[rng.normal(0, 1, n_neg), rng.normal(mu, 1, n_pos)])
+
+    c = evaluate(20000)
+    width = lf.order_statistic_interval(c, t)["high"] - lf.order_statistic_interval(c, t)["low"]
+    need = lf.negatives_for_width(c, t, width / 2)
+    assert need > 3 * c.n_neg  # the threshold part shrinks as 1/sqrt(negatives), the positives part does not
+    widths = [np.subtract(*[lf.order_statistic_interval(evaluate(need), t)[k] for k in ("high", "low")])
+              for _ in range(5)]
+    assert np.median(widths) == pytest.approx(width / 2, rel=0.25)
+    assert lf.negatives_for_width(c, t, 0.001) is None  # the 20,000 positives alone are wider than that
+    assert lf.negatives_for_width(c, t, 0.9) == c.n_neg  # already within

@@ -9,7 +9,7 @@ import torch
 from face import defaults, pipeline
 from sklearn.metrics import roc_curve
 
-from helpers.findings import SAMPLE_BANNER
+from helpers.findings import SAMPLE_BANNER, what_to_change
 from helpers.io import InputError
 from helpers.roc_collapse import diagnosis as dx
 from helpers.roc_collapse import low_fpr as lf
@@ -291,3 +291,148 @@ def test_the_face_and_the_inputs_banner(tmp_path):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["findings"].keys() == set(dx.FINDING_IDS)
     assert not hasattr(dx, "headline_metrics") and not hasattr(dx, "check_parameters")
 
+
+
+# ----------------------------------------------------------------------------- evaluation rows scored twice
+def loader_order(n, workers, shard_workers):
+    """The sample ids a real DataLoader yields in one evaluation epoch over an IterableDataset sharded by rank
+    (one rank) and, with ``shard_workers``, by worker (the fix)."""
+    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+    class Eval(IterableDataset):
+        def __iter__(self):
+            info = get_worker_info()
+            ids = range(n)
+            if shard_workers and info is not None:
+                ids = ids[info.id::info.num_workers]
+            yield from ids
+
+    dl = DataLoader(Eval(), batch_size=1000, num_workers=workers, multiprocessing_context="fork")
+    return np.concatenate([b.numpy() for b in dl])
+
+
+def rows_for(df, order):
+    """The scores table as the evaluation wrote it: one row per yielded id, per epoch."""
+    frames = [g.set_index("sample_id").loc[order].reset_index() for _, g in df.groupby("epoch")]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_duplicated_eval_rows_are_diagnosed_and_counted_once(tmp_path):
+    """The worker bug in the evaluation loader: every validation sample is scored once per worker. The run is
+    diagnosed (it was refused: "a sample_id appears twice in one epoch"), and every check counts each sample
+    once: the same negatives, the same ROC, the same intervals as the loader that shards by worker."""
+    df = make_run(tmp_path, n_pos=2000, n_neg=20000, epochs=3, dtype="bfloat16")
+    fixed = rows_for(df, loader_order(22000, 2, shard_workers=True))
+    fixed.to_parquet(tmp_path / "fixed.parquet")
+    buggy = rows_for(df, loader_order(22000, 2, shard_workers=False))
+    assert len(buggy) == 2 * len(df)
+    buggy.to_parquet(tmp_path / "buggy.parquet")
+    d_ok, f_ok = run(tmp_path, scores=str(tmp_path / "fixed.parquet"), fpr_targets="[1e-4, 1e-3]")
+    d, found = run(tmp_path, scores=str(tmp_path / "buggy.parquet"), fpr_targets="[1e-4, 1e-3]")
+    assert f_ok["duplicated_eval_rows"].status == "not_detected"
+    f = found["duplicated_eval_rows"]
+    assert f.status == "detected" and f.severity == "critical"
+    assert f.evidence["mean_multiplicity"] == 2.0 and f.evidence["rows"] == 2 * f.evidence["distinct_rows"]
+    assert "allows 2 of 20,000 distinct negatives, where the rows would allow 4 of 40,000" in f.message
+    assert "get_worker_info" in f.action and "rests on 2 distinct negatives, not the 4" in f.action
+    # every check counts each sample once: the de-duplicated run's numbers exactly
+    assert (d.n_neg, d.n_pos) == (d_ok.n_neg, d_ok.n_pos) == (20000, 2000)
+    cols = ["source", "epoch", "fpr_target", "low", "high", "allowed_negatives"]
+    pd.testing.assert_frame_equal(d.intervals[cols], d_ok.intervals[cols])
+    pd.testing.assert_frame_equal(d.values.sort_values(["source", "epoch", "metric"]).reset_index(drop=True),
+                                  d_ok.values.sort_values(["source", "epoch", "metric"]).reset_index(drop=True))
+    assert found["too_few_negatives"].message == f_ok["too_few_negatives"].message
+    assert {k: v.status for k, v in found.items() if k != "duplicated_eval_rows"} == \
+        {k: v.status for k, v in f_ok.items() if k != "duplicated_eval_rows"}
+    # what to change names the detected findings' actions and nothing else
+    text = what_to_change(found.values(), support=dx.lab_support(found, {}), checks=len(found))
+    detected = [k for k, v in found.items() if v.detected]
+    assert "duplicated_eval_rows" in detected and len(text.splitlines()) == len(detected)
+    assert all((f"**{k}**" in text) == (k in detected) for k in found)
+
+
+def test_sampler_padding_repeats_a_few_rows_and_a_label_conflict_is_refused(tmp_path):
+    """DistributedSampler pads every rank to the same length with repeats of the first samples: a few
+    sample_ids are scored twice. Detected as a warning that names the count; the copies' scores differ
+    here (another batch, another rounding), and the first is kept."""
+    from torch.utils.data import DistributedSampler
+
+    df = make_run(tmp_path, n_pos=1001, n_neg=9000, epochs=2)
+    order = np.concatenate([list(DistributedSampler(range(10001), num_replicas=4, rank=r, shuffle=False))
+                            for r in range(4)])
+    rows = rows_for(df, order)
+    repeat = rows.duplicated(["epoch", "sample_id"])
+    rows.loc[repeat, "logit"] += 1e-3
+    rows.to_parquet(tmp_path / "padded.parquet")
+    d, found = run(tmp_path, scores=str(tmp_path / "padded.parquet"))
+    f = found["duplicated_eval_rows"]
+    assert f.status == "detected" and f.severity == "warning" and f.evidence["rows"] - f.evidence["distinct_rows"] == 6
+    assert f.message.startswith("6 of the 20,008 evaluation rows repeat a sample") and "first copy is kept" in f.message
+    assert f.action.startswith("Drop repeated sample_ids before the ROC")
+    kept = d.values[(d.values["source"] == "logit")]
+    _, f_ok = run(tmp_path)  # the same run scored once per sample
+    assert found["too_few_negatives"].message == f_ok["too_few_negatives"].message and len(kept)
+    rows.loc[rows.index[repeat.to_numpy()][0], "label"] = 1 - rows.loc[rows.index[repeat.to_numpy()][0], "label"]
+    rows.to_parquet(tmp_path / "padded.parquet")
+    with pytest.raises(InputError, match=r"sample_id 0 has both labels in epoch 0: a sample's label cannot change"):
+        dx.load_inputs(params(tmp_path, scores=str(tmp_path / "padded.parquet")))
+
+
+def test_a_metric_logged_on_the_repeated_rows_is_explained_by_them(tmp_path):
+    """An evaluation that repeats some negatives logs a different tpr@fpr; the recomputation counts each sample
+    once and says the rows as given reproduce the logged value."""
+    df = make_run(tmp_path, n_pos=3000, n_neg=20000, epochs=2, neg_mu=-1.0, pos_mu=1.5)
+    neg_ids = df.loc[(df.epoch == 0) & (df.label == 0), "sample_id"].to_numpy()[:8000]
+    rows = rows_for(df, np.r_[np.arange(23000), neg_ids, neg_ids])  # a third of the negatives scored 3 times
+    rows.to_parquet(tmp_path / "rows.parquet")
+    (tmp_path / "h.json").write_text(json.dumps(sk_history(rows, [1e-2], [0.5])))
+    d, found = run(tmp_path, scores=str(tmp_path / "rows.parquet"), history=str(tmp_path / "h.json"),
+                   fpr_targets="[0.01]", tpr_targets="[0.5]")
+    lm = found["logged_metric_mismatch"]
+    assert lm.status == "detected" and "(the rows as given, with their repeated sample_ids, reproduce it)" in lm.message
+    dup = found["duplicated_eval_rows"]
+    assert dup.status == "detected" and "on the rows as given" in dup.message
+
+
+# ----------------------------------------------------------------------------- one resolution rule
+def test_too_few_negatives_follows_the_one_rule_not_the_count(tmp_path):
+    """Six negatives set tpr@fpr1e-4 of 65,090, but the positives sit far above them: the interval is narrow,
+    so the rule (an interval of at most MAX_CI_WIDTH) finds it resolved. The old count rule (fewer than 10
+    negatives) asked for 100,000 negatives here while reporting a narrow interval."""
+    make_run(tmp_path, n_pos=4000, n_neg=65090, epochs=2, neg_mu=-4.0, pos_mu=4.0)
+    d, found = run(tmp_path, fpr_targets="[1e-4, 1e-3]")
+    table = dx.resolution_table(d).set_index("metric")
+    assert table.loc["tpr@fpr1e-4", "allowed_negatives"] == 6 and table.loc["tpr@fpr1e-4", "width"] < dx.MAX_CI_WIDTH
+    f = found["too_few_negatives"]
+    assert f.status == "not_detected" and f.action == "" and "100,000" not in f.message
+    assert f"within {dx.MAX_CI_WIDTH:g}" in f.message
+
+
+def test_too_few_negatives_the_finding_the_exercise_and_the_advice_agree(tmp_path):
+    """A run whose tpr@fpr1e-4 interval is wide: the finding, its action and the notebook's Exercise 2 solution
+    (executed here on the same diagnosis) apply the same rule to the same numbers."""
+    import contextlib
+    import io
+
+    from helpers.paths import NOTEBOOKS
+
+    make_run(tmp_path, n_pos=3000, n_neg=30000, epochs=3, neg_mu=-1.0, pos_mu=1.0, scale=lambda e: 1.0)
+    r = pipeline(dx, **params(tmp_path, fpr_targets="[1e-4, 1e-3]"))
+    d, f = r.diagnosis, r.found["too_few_negatives"]
+    table = dx.resolution_table(d).set_index("metric")
+    assert f.status == "detected" and not table.loc["tpr@fpr1e-4", "resolved"]
+    row = table.loc["tpr@fpr1e-4"]
+    assert f"up to {row['width']:.3f} at epoch {row['widest_epoch']}" in f.message
+    assert f"({row['low']:.3f} to {row['high']:.3f} at epoch {row['widest_epoch']}" in f.action
+    assert f"about {int(row['negatives_needed']):,} negatives" in f.action and f"within {dx.MAX_CI_WIDTH:g}" in f.action
+    cells = json.loads((NOTEBOOKS / "04_roc_collapse.ipynb").read_text())["cells"]
+    exercise = next("".join(c["source"]) for c in cells if "solution" in c["metadata"].get("tags", [])
+                    and "order_statistic_interval" in "".join(c["source"]))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(exercise, {"dx": dx, "lf": lf, "diag": d, "run": r.run})
+    said = {line.split(":")[0]: line for line in out.getvalue().splitlines()}
+    for t, name in ((1e-4, "tpr@fpr1e-4"), (1e-3, "tpr@fpr0.001")):
+        line = said[f"fpr {t:g}"]
+        assert f"widest interval {table.loc[name, 'width']:.3f}" in line
+        assert line.endswith("meets the rule" if table.loc[name, "resolved"] else "does not meet the rule")

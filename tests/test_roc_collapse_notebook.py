@@ -16,7 +16,7 @@ from notebook_checks import failure_line
 
 from helpers.findings import SAMPLE_BANNER
 from helpers.io import InputError
-from helpers.paths import DATA_SAMPLES
+from helpers.paths import DATA_SAMPLES, NOTEBOOKS
 from helpers.roc_collapse import diagnosis as dx
 from helpers.runner.execute import execute
 
@@ -25,6 +25,31 @@ NAME = "04_roc_collapse"
 
 def status(summary):
     return {k: f["status"] for k, f in summary["findings"].items()}
+
+
+def rendered_what_to_change(executed_path) -> str:
+    """The Markdown the executed notebook rendered under "What to change in your training code"."""
+    cells = json.loads(executed_path.read_text())["cells"]
+    cell = next(c for c in cells if c["cell_type"] == "code" and "what_to_change(" in "".join(c["source"]))
+    return "".join("".join(o["data"]["text/markdown"]) for o in cell["outputs"] if "text/markdown" in o.get("data", {}))
+
+
+def check_what_to_change(text: str, summary: dict) -> None:
+    """The rendered advice lists exactly the detected findings' actions (as summary.json stores them), one
+    numbered item each, and names no other finding; with nothing detected it says there is nothing to change."""
+    import html
+
+    found = summary["findings"]
+    detected = [k for k, f in found.items() if f["status"] == "detected"]
+    for k, f in found.items():
+        if k in detected:
+            assert f["action"] and f"**{k}**" in text and html.escape(f["action"]) in text, k
+        else:
+            assert f["action"] == "" and k not in text, k
+    if detected:
+        assert len(text.strip().splitlines()) == len(detected)
+    else:
+        assert text.startswith("**Nothing to change.**"), text
 
 
 def without_lab(summary: dict) -> dict:
@@ -55,6 +80,16 @@ def test_04_sample_run_from_another_directory(sample_execution):
     assert [r["times each sample is yielded"] for r in m["lab_loader"]] == [4.0, 1.0]
     es = m["lab_early_stopping"]
     assert es["kept_test"] > es["last_test"]
+    # one resolution rule: tpr@fpr1e-4 (6 negatives) breaks it at the late epochs, tpr@fpr1e-3 (65) meets it
+    neg = summary["findings"]["too_few_negatives"]
+    rows = {r["metric"]: r for r in neg["evidence"]["per_target"]}
+    assert rows["tpr@fpr1e-4"]["width"] > dx.MAX_CI_WIDTH >= rows["tpr@fpr0.001"]["width"]
+    assert f"about {rows['tpr@fpr1e-4']['negatives_needed']:,} negatives" in neg["action"]
+    # what to change: the detected findings' actions, with what the lab measured where it speaks to them
+    text = rendered_what_to_change(executed_path)
+    check_what_to_change(text, summary)
+    late = next(line for line in text.splitlines() if "**late_collapse**" in line)
+    assert f"test tpr@fpr0.01 {es['kept_test']:.3f}" in late and "*Measured in the lab:*" in late
     assert len(list((executed_path.parent / "figures").glob("*.png"))) >= 8
     executed = nbformat.read(executed_path, as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -88,7 +123,7 @@ def healthy_run(d, epochs=5, n_pos=3000, n_neg=30000, seed=1):
     for e in range(epochs):
         logit = (1 + 0.1 * e) * margin
         score = torch.sigmoid(torch.from_numpy(logit)).numpy()  # float64
-        frames.append(pd.DataFrame({"epoch": e + 1, "label": label, "score": score}))
+        frames.append(pd.DataFrame({"epoch": e + 1, "sample_id": np.arange(len(label)), "label": label, "score": score}))
         fpr, tpr, _ = roc_curve(label, score, drop_intermediate=False)
         log += [{"epoch": float(e + 0.5), "loss": 0.5 / (e + 1), "step": 10 * e + 5},
                 {"epoch": float(e + 1), "eval_loss": 0.3, "eval_tpr@fpr0.01": round(float(tpr[fpr <= 0.01].max()), 4),
@@ -104,7 +139,7 @@ HEALTHY = {"scores": "scores.csv", "history": "trainer_state.json", "fpr_targets
 def check_healthy(summary: dict):
     st = status(summary)
     assert not [k for k, v in st.items() if v == "detected"], st
-    assert st["logged_metric_mismatch"] == "not_detected"
+    assert st["logged_metric_mismatch"] == "not_detected" and st["duplicated_eval_rows"] == "not_detected"
     assert {k for k, v in st.items() if v == "not_applicable"} == {
         "worker_duplication", "roc_implementation_mismatch", "logits_recover_ranking", "paired_control_shortcut"}
     assert summary["parameters"]["fpr_targets"] == [0.01, 0.05]
@@ -118,6 +153,8 @@ def test_04_on_a_new_healthy_run(tmp_path, elsewhere):
     healthy_run(elsewhere)
     summary = execute(NAME, {"scores": "scores.csv", "run_demos": False}, tmp_path / "out", cwd=elsewhere)
     assert set(summary["dropped"]) == {"history", "seen_ids", "roc_function"} and not summary["sample_run"]
+    assert summary["schema_version"] == 2
+    check_what_to_change(rendered_what_to_change(tmp_path / "out" / f"{NAME}.ipynb"), summary)
     assert summary["findings"]["logged_metric_mismatch"]["status"] == "not_applicable"
     minimal = pipeline(dx, scores="scores.csv", output_dir=str(tmp_path / "minimal"))
     assert without_lab(minimal.summary.to_dict()) == without_lab(summary)
@@ -162,3 +199,19 @@ def test_04_a_looping_roc_function_stops_the_notebook_in_one_line(tmp_path, else
     took = time.monotonic() - t0
     assert line.startswith("InputError: roc_function: did not return within 2 s (callable_timeout)"), line
     assert took < 60, took  # a kernel start, the diagnosis up to the audit, and the 2 s limit
+
+
+def test_04_markdown_states_no_number_about_the_run():
+    """The committed notebook's Markdown quotes the source's numbers as the source's and states none of the
+    run's (those are printed by cells); the resolution rule lives in the code (dx.RESOLUTION_RULE), which the
+    exercise's solution uses, not a number typed into the exercise."""
+    cells = json.loads((NOTEBOOKS / f"{NAME}.ipynb").read_text())["cells"]
+    markdown = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    for text in markdown:
+        for number in ("65,090", "62,910", "six of", "seventh", "6.25", "16.64", "0.023", "100,000", "0.05"):
+            assert number not in text, (number, text[:80])
+        if "80%" in text or "epoch 5" in text:
+            assert "the source's numbers, not this run's" in text
+    solution = next("".join(c["source"]) for c in cells if "solution" in c["metadata"].get("tags", [])
+                    and "order_statistic_interval" in "".join(c["source"]))
+    assert "dx.MAX_CI_WIDTH" in solution and "0.05" not in solution

@@ -12,14 +12,14 @@ from helpers.roc_collapse.diagnosis import Diagnosis
 
 
 def metrics_over_epochs(d: Diagnosis, history: pd.DataFrame | None = None) -> plt.Figure:
-    """tpr@fpr per epoch: logged, recomputed from the scores, from the logits, with 95% bootstrap bands."""
+    """tpr@fpr per epoch: logged, recomputed from the scores, from the logits, with 95% order-statistic bands."""
     n = len(d.fpr_targets)
     fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 3.8), sharey=True, squeeze=False)
     for ax, t in zip(axes[0], d.fpr_targets, strict=True):
         name = f"tpr@fpr{lf.rate_str(t)}"
         for i, src in enumerate(d.sources):
             v = d.value(src, name)
-            b = d.bootstrap[(d.bootstrap["source"] == src) & (d.bootstrap["fpr_target"] == t)].set_index("epoch")
+            b = d.intervals[(d.intervals["source"] == src) & (d.intervals["fpr_target"] == t)].set_index("epoch")
             ax.plot(v.index, v.to_numpy(), "o-", color=f"C{i}", label=f"from {src}s (scikit-learn)")
             ax.fill_between(b.index, b["low"], b["high"], color=f"C{i}", alpha=0.2, lw=0)
         if history is not None:
@@ -28,7 +28,7 @@ def metrics_over_epochs(d: Diagnosis, history: pd.DataFrame | None = None) -> pl
                 ax.plot(history["epoch"], history[col], "x--", color="C3", label="logged")
         ax.set(title=name, xlabel="epoch", ylim=(-0.03, 1.03))
         ax.legend(fontsize="small", loc="lower left")
-    axes[0, 0].set_ylabel("TPR (95% bootstrap band)")
+    axes[0, 0].set_ylabel("TPR (95% interval band)")
     fig.tight_layout()
     return fig
 
@@ -87,18 +87,21 @@ def roc_low_fpr(scores: pd.DataFrame, epochs: list[int], sources: list[str], fpr
     return fig
 
 
-def bootstrap_intervals(d: Diagnosis) -> plt.Figure:
-    """95% bootstrap interval of tpr@fpr per epoch: its width against the number of negatives that set it."""
+def intervals(d: Diagnosis, max_width: float | None = None) -> plt.Figure:
+    """Width of the 95% interval of tpr@fpr per epoch: order statistics (the rule's) and the bootstrap beside it."""
     src = "logit" if "logit" in d.sources else d.sources[0]
-    b = d.bootstrap[d.bootstrap["source"] == src]
+    b = d.intervals[d.intervals["source"] == src]
     fig, ax = plt.subplots()
     for i, t in enumerate(d.fpr_targets):
         bt = b[b["fpr_target"] == t]
-        ax.errorbar(bt["epoch"] + 0.1 * i, bt["tpr"], yerr=[bt["tpr"] - bt["low"], bt["high"] - bt["tpr"]], fmt="o",
-                    capsize=3, color=f"C{i}",
-                    label=f"tpr@fpr{lf.rate_str(t)} ({int(bt['allowed_negatives'].iloc[0])} negatives set it)")
-    ax.set(xlabel="epoch", ylabel=f"TPR on {src}s", title="stratified bootstrap, 95% intervals")
-    ax.legend(fontsize="small")
+        label = f"tpr@fpr{lf.rate_str(t)} ({int(bt['allowed_negatives'].iloc[0])} negatives set it)"
+        ax.plot(bt["epoch"], bt["width"], "o-", color=f"C{i}", label=f"{label}: order statistics")
+        ax.plot(bt["epoch"], bt["boot_width"], "x:", color=f"C{i}", label=f"{label}: bootstrap")
+    if max_width is not None:
+        ax.axhline(max_width, color="k", lw=1, ls="--", label=f"rule: at most {max_width:g}")
+    ax.set(xlabel="epoch", ylabel=f"width of the 95% interval (on {src}s)", ylim=(0, None),
+           title="how well the negatives resolve tpr@fpr")
+    ax.legend(fontsize="x-small")
     return fig
 
 

@@ -14,11 +14,17 @@ that curve:
   of false positives, and what a tie-order-dependent ROC would have reported;
 * the stratified bootstrap of ``tpr@fpr`` draws per-class counts over the
   distinct scores (multinomial, walked block by block with conditional
-  binomials), so 1,000 replicates cost a fraction of one ``roc_curve`` call.
+  binomials), so 1,000 replicates cost a fraction of one ``roc_curve`` call;
+* the order-statistic interval of ``tpr@fpr`` places the threshold among the
+  negatives with exact binomial ranks and bounds the positives above it with
+  Clopper-Pearson limits: it holds however few negatives set the threshold,
+  where the bootstrap (which cannot move the threshold past the negatives it
+  has) does not.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -283,6 +289,104 @@ def bootstrap_tpr_at_fpr(c: Curve, fpr_target: float, n_boot: int = 1000, seed: 
     lo, hi = np.quantile(tpr, [(1 - level) / 2, 1 - (1 - level) / 2])
     return {"fpr_target": fpr_target, "tpr": tpr_at_fpr(c.fpr, c.tpr, fpr_target), "low": float(lo),
             "high": float(hi), "allowed_negatives": a, "n_boot": n_boot, "replicates": tpr}
+
+
+@functools.lru_cache(maxsize=4096)
+def threshold_ranks(n_neg: int, fpr_target: float, level: float = 0.95) -> tuple[int, int]:
+    """Where the population threshold of ``fpr_target`` can sit among the ``n_neg`` sorted negatives.
+
+    ``K``, the number of negatives above the population threshold ``q`` (the score a negative
+    exceeds with probability ``fpr_target``), is Binomial(n_neg, fpr_target) whatever the score
+    distribution. Returns ``(k_lo, k_hi)`` with P(K < k_lo) <= a/4 and P(K > k_hi) <= a/4,
+    ``a = 1 - level``: with probability >= 1 - a/2, ``q`` lies between the (k_hi + 1)-th and the
+    k_lo-th highest negative.
+    """
+    from scipy.stats import binom
+
+    a4 = (1 - level) / 4
+    k_lo = int(binom.ppf(a4, n_neg, fpr_target))
+    while binom.cdf(k_lo, n_neg, fpr_target) <= a4:  # ppf lands on the boundary in floating point
+        k_lo += 1
+    while k_lo > 0 and binom.cdf(k_lo - 1, n_neg, fpr_target) > a4:
+        k_lo -= 1
+    k_hi = int(binom.ppf(1 - a4, n_neg, fpr_target))
+    while k_hi > 0 and binom.sf(k_hi - 1, n_neg, fpr_target) <= a4:
+        k_hi -= 1
+    while binom.sf(k_hi, n_neg, fpr_target) > a4:
+        k_hi += 1
+    return k_lo, min(k_hi, n_neg)
+
+
+def _tps_within(c: Curve, k: int) -> int:
+    """True positives at the last operating point with at most ``k`` negatives above the threshold."""
+    return int(c.tps[int(np.searchsorted(c.fps, k, "right") - 1)]) if k >= 0 else 0
+
+
+def clopper_pearson(k: int, n: int, alpha_each: float) -> tuple[float, float]:
+    """One-sided exact binomial bounds, each with error ``alpha_each``."""
+    from scipy.stats import beta
+
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha_each, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha_each, k + 1, n - k))
+    return lo, hi
+
+
+def order_statistic_interval(c: Curve, fpr_target: float, level: float = 0.95) -> dict:
+    """A distribution-free interval for tpr@fpr that holds however few negatives set the threshold.
+
+    The population value is ``TPR(q)``, the share of positives above the threshold ``q`` that a
+    negative exceeds with probability ``fpr_target``. :func:`threshold_ranks` places ``q`` between
+    two negatives' order statistics (error a/2, exact); the positives above those two thresholds
+    are binomial given the negatives, bounded by one-sided Clopper-Pearson limits (a/4 each). So
+    ``low = CP_low(tpr with at most k_lo - 1 negatives above)`` and ``high = CP_high(tpr with at
+    most k_hi negatives above)`` cover ``TPR(q)`` with probability >= ``level`` for any continuous
+    scores; tied scores only widen it (a tie block straddling a rank is left out of both counts).
+    Unlike the bootstrap, it can place the threshold beyond the negatives that were observed.
+    """
+    k_lo, k_hi = threshold_ranks(c.n_neg, fpr_target, level)
+    a4 = (1 - level) / 4
+    tp_lo, tp_hi = _tps_within(c, k_lo - 1), _tps_within(c, k_hi)
+    low = clopper_pearson(tp_lo, c.n_pos, a4)[0]
+    high = clopper_pearson(tp_hi, c.n_pos, a4)[1]
+    return {"fpr_target": fpr_target, "tpr": tpr_at_fpr(c.fpr, c.tpr, fpr_target), "low": low, "high": high,
+            "allowed_negatives": c.allowed(fpr_target), "rank_low": k_lo, "rank_high": k_hi,
+            "threshold_part": (tp_hi - tp_lo) / c.n_pos, "positives_part": (high - low) - (tp_hi - tp_lo) / c.n_pos}
+
+
+def negatives_for_width(c: Curve, fpr_target: float, width: float, level: float = 0.95,
+                        max_factor: float = 1e4) -> int | None:
+    """About how many negatives make :func:`order_statistic_interval` at most ``width`` wide.
+
+    A projection from this curve: the threshold part of the interval scales with the FPR span
+    between the two ranks of :func:`threshold_ranks` (the local slope of the ROC kept), the
+    positives' part stays as it is. None when the positives alone make it wider than ``width``.
+    """
+    iv = order_statistic_interval(c, fpr_target, level)
+    if iv["positives_part"] >= width:
+        return None
+    if iv["high"] - iv["low"] <= width:
+        return c.n_neg
+
+    def span(n: int) -> float:
+        k_lo, k_hi = threshold_ranks(n, fpr_target, level)
+        return (k_hi - k_lo + 1) / n
+
+    base = span(c.n_neg)
+
+    def fits(n: int) -> bool:
+        return iv["threshold_part"] * span(n) / base + iv["positives_part"] <= width
+
+    lo, hi = c.n_neg, 2 * c.n_neg  # bracket by doubling, then bisect (the span shrinks about as 1/sqrt(n))
+    while not fits(hi):
+        if hi > c.n_neg * max_factor:
+            return None
+        lo, hi = hi, 2 * hi
+    while hi - lo > max(lo // 200, 1):
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    digits = max(len(str(hi)) - 2, 0)  # two significant figures, rounded up
+    return int(math.ceil(hi / 10**digits) * 10**digits)
+    return None
 
 
 def resolution(c: Curve, fpr_targets: Sequence[float], tpr_targets: Sequence[float]) -> pd.DataFrame:
