@@ -2,8 +2,10 @@
 runs without parent ids or groups, and bad inputs; all in-process, through the face of
 ``helpers.augmentation_leakage.diagnosis``."""
 
+import html
 import json
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -16,7 +18,7 @@ from sklearn.metrics import mean_squared_error
 from sklearn.model_selection import train_test_split
 
 from helpers.augmentation_leakage import diagnosis as dx
-from helpers.findings import SAMPLE_BANNER
+from helpers.findings import SAMPLE_BANNER, what_to_change
 from helpers.io import InputError
 
 SAMPLE = "data_samples/05_augmentation_leakage/"
@@ -59,6 +61,20 @@ def with_losses(df, feats):
             "val_loss": float(mean_squared_error(va["target"], m.predict(va[feats])))}
 
 
+def check_actions(found) -> str:
+    """Every detected finding carries an action, no other does; "What to change" lists exactly the detected
+    findings' actions (no other finding id appears in it). Returns the rendered Markdown."""
+    text = what_to_change(found.values(), checks=len(found))
+    listed = re.findall(r"^\d+\. \*\*(\w+)\*\*", text, flags=re.M)
+    assert set(listed) == {k for k, f in found.items() if f.detected}
+    for k, f in found.items():
+        assert bool(f.action) == f.detected, k
+        assert (html.escape(f.action) in text) if f.detected else (k not in text)
+    if not listed:
+        assert text.startswith("**Nothing to change.**")
+    return text
+
+
 def test_real_data_split_cleanly_detects_nothing(tmp_path):
     df, feats = diabetes_frame()
     df.to_parquet(tmp_path / "s.parquet")
@@ -69,6 +85,7 @@ def test_real_data_split_cleanly_detects_nothing(tmp_path):
     assert st["suspicious_train_val_gap"] == "not_detected"
     assert st["augmentation_mismatch"] == "not_applicable"  # no declared copies
     assert d.run.features == feats  # reserved and non-numeric columns are not features
+    assert check_actions(found).startswith("**Nothing to change.**")
 
 
 @pytest.mark.parametrize("noise", [0.02, 0.05])
@@ -82,6 +99,11 @@ def test_real_data_augmented_before_the_split_is_caught_also_with_more_noise(tmp
     assert abs(d.scan.leaked_share - truth) < 0.05
     assert found["augmentation_mismatch"].detected
     assert d.copies["copies_per_original"].tolist() == [5.0, 5.0]
+    # the actions carry this run's numbers, and "What to change" lists the detected findings only
+    assert set(re.findall(r"\*\*(\w+)\*\*", check_actions(found))) == {
+        "parent_leakage", "near_duplicate_leakage", "augmentation_mismatch", "suspicious_train_val_gap"}
+    assert f"{d.parent[0]['n_leaked_rows']} validation rows ({100 * truth:.1f}%)" in found["parent_leakage"].action
+    assert "holds 5.0 copies per original where 1 are declared" in found["augmentation_mismatch"].action
 
 
 def test_natural_repeats_found_from_features_alone_without_parents_or_groups(tmp_path):
@@ -156,6 +178,18 @@ def test_the_sample_run_is_announced_and_its_numbers_reconcile(tmp_path):
     assert d.weighted["this"]["row_weighted"] == pytest.approx(losses["val_loss"], abs=1e-3)
     assert all(f.detected for f in r.found.values())
     assert r.summary.metrics["val_metric_row_weighted"] == d.weighted["this"]["row_weighted"]
+    check_actions(r.found)
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())["findings"]
+    assert {k: f["action"] for k, f in written.items()} == {k: f.action for k, f in r.found.items()}
+    # the actions' numbers are this run's: formatted from the diagnosis, not quoted from the source
+    gap = d.gap
+    assert f"({gap['clean_split']['val_mse']:.4f} vs {gap['actual_split']['val_mse']:.4f})" in \
+        r.found["suspicious_train_val_gap"].action
+    w = d.weighted["this"]
+    assert f"{w['row_weighted']:.3f} row-weighted, {w['reference_weighted']:.3f} with the share of original rows" in \
+        r.found["val_composition_imbalance"].action
+    # parent ids and the features alone agree on the leak (one effect, one number)
+    assert d.scan.leaked_share == pytest.approx(d.parent[0]["leaked_share"], abs=0.02)
 
 
 def test_the_diagnosis_is_deterministic(tmp_path):
@@ -189,6 +223,66 @@ def test_a_variant_of_the_run_is_diagnosed_with_dataclasses_replace(tmp_path):
     assert found["augmentation_mismatch"].detected  # the declared copies are kept
     no_ids = dx.diagnose(replace(r.run, samples=r.run.samples.drop(columns=["parent_id", "is_augmented"])), r.params)
     assert no_ids.scan.reference_kind == "pseudo-parents" and no_ids.parent is None and no_ids.copies is None
+
+
+def _shift(images, rng):
+    """Each 8x8 image moved by one pixel (a random non-zero move), the vacated border zero."""
+    out = np.zeros_like(images)
+    moves = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)]
+    for i, (a, b) in enumerate(moves[j] for j in rng.integers(0, len(moves), len(images))):
+        out[i, max(a, 0):8 + min(a, 0), max(b, 0):8 + min(b, 0)] = \
+            images[i, max(-a, 0):8 - max(a, 0), max(-b, 0):8 - max(b, 0)]
+    return out
+
+
+def digits_frame(style, arrangement, seed=0, copies=3):
+    """scikit-learn's digits (8x8 images, pixels 0-16; border pixels nearly always 0), each image with
+    ``copies`` augmented copies: "noise" (Gaussian pixel noise, SD 0.5), "shift" (one pixel) or "shift+noise".
+    ``augment_then_split``: the rows split at random afterwards (copies on both sides); ``split_then_augment``:
+    the images split first, the training part augmented, validation keeps its originals (clean)."""
+    rng = np.random.default_rng(seed)
+    x = datasets.load_digits().data.astype(float)
+
+    def augment(imgs):
+        parts = [imgs]
+        for _ in range(copies):
+            y = _shift(imgs.reshape(-1, 8, 8), rng).reshape(len(imgs), -1) if "shift" in style else imgs.copy()
+            parts.append(y + rng.normal(0, 0.5, y.shape) if "noise" in style else y)
+        return np.vstack(parts), np.tile(np.arange(len(imgs)), copies + 1)
+
+    if arrangement == "augment_then_split":
+        rows, parent = augment(x)
+        split = np.where(rng.random(len(rows)) < 0.2, "val", "train")
+    else:
+        is_val = rng.random(len(x)) < 0.2
+        train, tp = augment(x[~is_val])
+        rows, parent = np.vstack([train, x[is_val]]), np.r_[np.flatnonzero(~is_val)[tp], np.flatnonzero(is_val)]
+        split = np.r_[np.full(len(train), "train"), np.full(is_val.sum(), "val")]
+    df = pd.DataFrame(rows, columns=[f"px{i}" for i in range(x.shape[1])]).assign(split=split)
+    truth = pd.Series(parent[split == "val"]).isin(parent[split == "train"]).mean()
+    return df, truth
+
+
+@pytest.mark.parametrize("style", ["noise", "shift", "shift+noise"])
+@pytest.mark.parametrize("arrangement", ["augment_then_split", "split_then_augment"])
+def test_image_features_augmented_before_or_after_the_split(tmp_path, style, arrangement):
+    """Pixel features share one unit, and border pixels are nearly constant: per-column standardisation
+    blew up their noise, so the old scan missed augment-then-split (leaked share 0.0 with noise) and
+    flagged the clean split-then-augment (0.026 with noise). Distances now come from the space where
+    near-copies stand out (the common scale here) and the statistic is a ratio of each row's own distances.
+    A one-pixel shift of an 8x8 digit is mostly farther from its original than another image of the same
+    digit: the scan then sees the copies that repeat a shift, and the leaked share is underestimated."""
+    df, truth = digits_frame(style, arrangement)
+    df.to_parquet(tmp_path / "s.parquet")
+    found, d = statuses(tmp_path / "s.parquet")
+    leaky = arrangement == "augment_then_split"
+    assert found["near_duplicate_leakage"].status == ("detected" if leaky else "not_detected"), \
+        found["near_duplicate_leakage"].message
+    assert truth > 0.95 if leaky else truth == 0
+    if style == "noise":
+        assert d.scan.space == "common scale"
+        assert d.scan.leaked_share == pytest.approx(truth, abs=0.05) if leaky else d.scan.leaked_share < 0.02
+    check_actions(found)
 
 
 def test_the_face():

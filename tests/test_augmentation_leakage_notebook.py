@@ -1,6 +1,9 @@
 """Notebook 05 under papermill: the sample run (executed once per suite), one run made up here, and a
 bad input in one line. Everything else is checked in-process in test_augmentation_leakage.py."""
 
+import html
+import re
+
 import nbformat
 import numpy as np
 import pandas as pd
@@ -22,6 +25,29 @@ def status(summary):
     return {k: f["status"] for k, f in summary["findings"].items()}
 
 
+def rendered(executed, call: str) -> str:
+    """The Markdown that the code cell calling ``call`` rendered from the run."""
+    cell = next(c for c in executed.cells if c.cell_type == "code" and call in c.source)
+    return "".join(o.data["text/markdown"] for o in cell.outputs if "text/markdown" in o.get("data", {}))
+
+
+def check_what_to_change(summary: dict, executed) -> dict[str, str]:
+    """The rendered "What to change" lists exactly the detected findings, each with its action from
+    summary.json (no other finding id appears in it); returns {finding id: its rendered item}."""
+    text = rendered(executed, "what_to_change(")
+    items = {m.group(1): m.group(0) for m in re.finditer(r"^\d+\. \*\*(\w+)\*\*.*$", text, flags=re.M)}
+    detected = {k for k, f in summary["findings"].items() if f["status"] == "detected"}
+    assert set(items) == detected
+    for k, f in summary["findings"].items():
+        if k in detected:
+            assert f["action"] and html.escape(f["action"]) in items[k]
+        else:
+            assert f["action"] == "" and k not in text
+    if not detected:
+        assert text.startswith("**Nothing to change.**")
+    return items
+
+
 @pytest.mark.xdist_group(NAME)
 def test_sample_run_from_another_directory(sample_execution):
     summary, executed_path = sample_execution(NAME)
@@ -31,13 +57,30 @@ def test_sample_run_from_another_directory(sample_execution):
     assert m["val_tier_share"]["hard"] == pytest.approx(0.65, abs=0.02)
     assert m["parent_leaked_share"] > 0.95 and m["near_duplicate_leaked_share"] > 0.9
     labs = {(r["arrangement"][:3], r["noise"]): r for r in m["lab"]}
-    assert labs[("(a)", 0.02)]["val_over_test"] < 0.3 and labs[("(a)", 0.05)]["val_over_test"] < 0.5
-    assert labs[("(c)", 0.02)]["val_over_test"] > 0.8
-    assert m["lab_noise_5pct_scan"]["with parent_id"]["detected"]
+    a, b, c = (labs[(arm, 0.02)] for arm in ("(a)", "(b)", "(c)"))
+    assert a["val_over_test"] < 0.3 and labs[("(a)", 0.05)]["val_over_test"] < 0.5
+    # the clean arms are validated on enough originals and track the clean test set (before: (b) 0.79 on
+    # 54 rows, (c) 1.83 on its augmented copies)
+    assert 0.8 <= b["val_over_test"] <= 1.25 and 0.8 <= c["val_over_test"] <= 1.25
+    assert b["validated_on"] == c["validated_on"] == "originals" and min(b["val_rows"], c["val_rows"]) >= 300
+    assert m["lab_noise_scan"]["detected"]  # the feature-only scan still sees the copies at 5% noise
     assert summary["sample_run"] is True
     assert len(list((executed_path.parent / "figures").glob("*.png"))) == 5
-    # the first output after the versions line is the banner, loud about the bundled sample
     executed = nbformat.read(executed_path, as_version=4)
+    # "What to change": exactly the detected findings, each with its action and the lab's numbers from its table
+    items = check_what_to_change(summary, executed)
+    for fid in ("parent_leakage", "near_duplicate_leakage"):
+        assert "*Measured in the lab:*" in items[fid]
+    lab_advice = items["parent_leakage"]
+    assert all(f"{r['val_over_test']:.2f}x" in lab_advice for r in (a, b, c, labs[("(a)", 0.05)]))
+    assert f"validated on {b['val_rows']} and {c['val_rows']} originals" in lab_advice
+    assert "match a clean test set" not in "".join(c.source for c in executed.cells)  # the static advice is gone
+    reading = rendered(executed, "lab.reading(")
+    assert f"{b['val_over_test']:.2f}x on {b['val_rows']} validation originals: validation tracks the test set" in reading
+    # the source's composition arithmetic: its table omits a medium group's worth of rows
+    out = "".join(o.get("text", "") for c in executed.cells if "source_composition" in c.source for o in c.outputs)
+    assert "its table lists 374,400 of them (88.9%)" in out and "should be 140,400 (33.3%)" in out
+    # the first output after the versions line is the banner, loud about the bundled sample
     streams = [o.text for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"]
     assert streams[0].startswith("python ") and streams[1].startswith(SAMPLE_BANNER)
     assert not any(o.output_type == "error" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
@@ -50,7 +93,7 @@ def test_sample_run_is_deterministic_and_the_face_gives_the_notebooks_summary(sa
     r = pipeline(dx, output_dir=str(tmp_path / "out"), write=False)
     mine = r.summary.to_dict()
     lab_keys = [k for k in summary["metrics"] if k.startswith("lab")]
-    assert mine["findings"] == summary["findings"]
+    assert mine["findings"] == summary["findings"]  # actions included
     assert mine["metrics"] == {k: v for k, v in summary["metrics"].items() if k not in lab_keys}
     assert jsonable(lab.run(lab.LabConfig(seed=0)).to_dict(orient="records")) == summary["metrics"]["lab"]
 
@@ -69,6 +112,8 @@ def test_made_up_clean_run_without_parents(tmp_path, elsewhere):
     assert "detected" not in st.values(), st
     assert st["parent_leakage"] == "not_applicable"
     assert summary["sample_run"] is False and "lab" not in summary["metrics"]
+    # a healthy run: nothing to change, no actions, and no finding named in the rendered advice
+    check_what_to_change(summary, nbformat.read(tmp_path / "out" / f"{NAME}.ipynb", as_version=4))
 
 
 def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere):

@@ -232,7 +232,7 @@ def diagnose(run: Run, params: Mapping) -> Diagnosis:
     seed = params["seed"]
     s = run.samples
     is_train, is_val = (s["split"] == "train").to_numpy(), (s["split"] == "val").to_numpy()
-    x = lk.standardise(s[run.features].to_numpy())
+    x = s[run.features].to_numpy(np.float64)
     group = s["group"].astype(str) if run.has("group") else None
     parent = s["parent_id"] if run.has("parent_id") else None
     pl = lk.parent_leakage(s["split"], parent, group) if parent is not None else None
@@ -254,6 +254,8 @@ def diagnose(run: Run, params: Mapping) -> Diagnosis:
         weighted = {"this": lk.reweighted_metrics(this, c["implicit_weight"], tiers),
                     "baseline": lk.reweighted_metrics(base, c["implicit_weight"], tiers),
                     "baseline_macro": float(base.mean())}
+        for k, values in (("this", this), ("baseline", base)):  # the same losses, weighted by the reference
+            weighted[k]["reference_weighted"] = lk.reweighted_metrics(values, c["reference_weight"])["row_weighted"]
         degr = lk.degradation(this, base)
         if tiers is not None:
             degr["tier"] = degr["group"].map(tiers)
@@ -269,11 +271,7 @@ def _proxy_gap(run: Run, x, is_train, is_val, scan, seed: int) -> dict:
     y = run.samples["target"].to_numpy(float)
     pool = np.flatnonzero(is_train | is_val)
     rng = np.random.default_rng(seed)
-    if run.has("parent_id"):
-        groups = pd.factorize(run.samples["parent_id"].to_numpy()[pool])[0]
-    else:
-        groups = lk.pseudo_parents(x[pool], scan.link_radius, seed=seed) if np.isfinite(scan.link_radius) \
-            else np.arange(len(pool))
+    groups = scan.groups  # the scan's (pseudo-)parents of the train and validation rows
     if len(pool) > MAX_PROXY_ROWS:  # whole (pseudo-)parents, so the structure is kept
         keep_groups = rng.permutation(np.unique(groups))[: max(2, int(len(np.unique(groups)) * MAX_PROXY_ROWS / len(pool)))]
         keep = np.isin(groups, keep_groups)
@@ -325,33 +323,54 @@ def _parent_finding(d: Diagnosis) -> Finding:
     return Finding(fid, "detected", sev,
                    f"{tot['n_shared_parents']} parents have rows on both sides: {100 * tot['leaked_share']:.1f}% of "
                    f"validation rows have a sibling in training (worst group {worst['group']}: "
-                   f"{100 * worst['leaked_share']:.0f}%); split by parent_id (GroupShuffleSplit), then augment train only.",
-                   ev)
+                   f"{100 * worst['leaked_share']:.0f}%).", ev,
+                   action=f"Split by parent_id before augmenting (GroupShuffleSplit or StratifiedGroupKFold with "
+                          f"groups=parent_id), then augment the training part only: {tot['n_leaked_rows']} validation "
+                          f"rows ({100 * tot['leaked_share']:.1f}%) have a sibling in training.")
+
+
+UNIT = {"parent_id": "parent", "pseudo-parents": "cluster of near-identical rows", "rows": "row"}
 
 
 def _near_dup_finding(d: Diagnosis) -> Finding:
     fid, s = "near_duplicate_leakage", d.scan
-    ev = {"leaked_share": s.leaked_share, "p_value": s.p_value, "threshold": s.threshold,
-          "reference": s.reference_kind, "n_val_rows_below": s.n_val_below, "n_val": len(s.val),
-          "median_val_distance": float(np.median(s.val)), "median_train_loo_distance": float(np.median(s.train_loo)),
-          "median_reference_distance": float(np.median(s.reference)) if len(s.reference) else np.nan,
+    ratio = s.ratio
+    ev = {"leaked_share": s.leaked_share, "p_value": s.p_value, "threshold_ratio": s.threshold,
+          "reference": s.reference_kind, "space": s.space, "n_val_rows_below": s.n_val_below, "n_val": len(s.val),
+          "n_units": s.n_units, "n_units_below": s.n_units_below,
+          "median_val_ratio": float(np.median(ratio)) if len(ratio) else np.nan,
+          "median_reference_ratio": float(np.median(s.reference)) if len(s.reference) else np.nan,
+          "median_val_distance": float(np.median(s.val)) if len(s.val) else np.nan,
+          "median_train_loo_distance": float(np.median(s.train_loo)) if len(s.train_loo) else np.nan,
           "n_exact_duplicate_rows": s.n_exact_duplicate_rows,
           "train_near_duplicate_share": s.train_near_duplicate_share, "link_radius": s.link_radius}
     how = {"parent_id": "a re-split by parent_id", "pseudo-parents": "a re-split by clusters of near-identical rows",
-           "rows": "a random re-split (no near-identical rows found)"}[s.reference_kind]
+           "rows": "a random re-split (no clusters of near-identical rows found)"}[s.reference_kind]
+    unit = UNIT[s.reference_kind]
     if not np.isfinite(s.threshold):  # one (pseudo-)parent holds every row: nothing to re-split
-        unit = "parent_id" if s.reference_kind == "parent_id" else "cluster of near-identical rows"
         return not_applicable(fid, f"All train and validation rows share one {unit}, so no re-split keeps them apart to "
-                                   f"compare distances with ({s.n_exact_duplicate_rows} rows repeat another row's "
-                                   "features exactly).")
+                                   f"compare with ({s.n_exact_duplicate_rows} rows repeat another row's features "
+                                   "exactly).")
+    stat = (f"{s.n_units_below} of {s.n_units} validation {unit}s have a median ratio (distance to the nearest "
+            f"training row / to the nearest training row of another {unit}) below {s.threshold:.2f}, the "
+            f"{100 * lk.ALPHA:g}% quantile under {how} (binomial p={s.p_value:.1e}; {s.space} features)")
     if s.detected:
+        closer = 1 / ev["median_val_ratio"] if ev["median_val_ratio"] > 0 else np.inf
+        how_close = (f"{100 * s.leaked_share:.0f}% of validation rows sit "
+                     + (f"{closer:.0f}x closer" if np.isfinite(closer) else "infinitely closer (exact repeats)")
+                     + " to one training row than to any training row of another " + unit + " (median)")
+        repeats = (f"; {s.n_exact_duplicate_rows} rows repeat another row's features exactly: drop repeats or keep them "
+                   "on one side" if s.n_exact_duplicate_rows else "")
+        fix = ("Split by parent_id (as for parent_leakage); the features alone confirm it"
+               if s.reference_kind == "parent_id" else
+               "Record the original each row was made from (parent_id) before augmenting and split by it; until then "
+               "group the split by these clusters of near-identical rows (the scan's groups)")
         return Finding(fid, "detected", "critical",
-                       f"About {100 * s.leaked_share:.0f}% of validation rows sit closer to a training row than "
-                       f"{100 * (1 - lk.ALPHA):.0f}% of rows do under {how} (binomial p={s.p_value:.1e}): they have "
-                       "near-copies in training; group the split by the original sample.", ev)
+                       f"About {100 * s.leaked_share:.0f}% of validation rows have a near-copy in training: {stat}.",
+                       ev, action=f"{fix}{repeats}: {how_close}.")
     return Finding(fid, "not_detected", "info",
-                   f"Validation rows are no closer to training than under {how} "
-                   f"(estimated leaked share {100 * s.leaked_share:.1f}%, p={s.p_value:.2g}).", ev)
+                   f"No near-copy leak found (one needs an estimated leaked share of at least "
+                   f"{100 * lk.MIN_LEAKED_SHARE:g}% with p < {lk.P_MAX:g}; here {100 * s.leaked_share:.1f}%): {stat}.", ev)
 
 
 def _mismatch_finding(d: Diagnosis) -> Finding:
@@ -372,10 +391,16 @@ def _mismatch_finding(d: Diagnosis) -> Finding:
     if len(off) == 0:
         return Finding(fid, "not_detected", "info", "Every group holds the number of copies its config declares.", ev)
     w = off.assign(diff=diff[off.index]).sort_values("diff").iloc[-1]
+    grew = ev["rows"] / max(ev["originals"], 1)
     return Finding(fid, "detected", "warning",
-                   f"{len(off)} groups hold a different number of copies than declared (e.g. {w['group']}: "
+                   f"{len(off)} group{'s' if len(off) != 1 else ''} hold{'' if len(off) != 1 else 's'} a different "
+                   f"number of copies than declared (e.g. {w['group']}: "
                    f"{w['copies_per_original']:.1f} per original, declared {w['declared_copies']:g}); the data grew "
-                   f"{ev['rows'] / max(ev['originals'], 1):.1f}x: fix the config or its comments.", ev)
+                   f"{grew:.1f}x.", ev,
+                   action=f"Make the augmentation config and its comments say the same, and log the copies per group "
+                          f"counted from the data: {w['group']} holds {w['copies_per_original']:.1f} copies per original "
+                          f"where {w['declared_copies']:g} are declared ({len(off)} group{'s' if len(off) != 1 else ''} off; the data grew "
+                          f"{grew:.1f}x).")
 
 
 def _composition_finding(d: Diagnosis) -> Finding:
@@ -396,16 +421,23 @@ def _composition_finding(d: Diagnosis) -> Finding:
                        f"The overall validation metric weights groups within {WEIGHT_RATIO:g}x of their {ref}.", ev)
     top = c.sort_values("implicit_weight").iloc[-1]
     low = c.sort_values("weight_ratio").iloc[0]
-    extra = ""
+    extra = numbers = ""
     if d.weighted and np.isfinite(d.weighted["this"]["row_weighted"]):  # NaN when no group with metrics has val rows
         w = d.weighted["this"]
         extra = (f"; row-weighted metric {w['row_weighted']:.3f} vs macro {w['macro']:.3f}"
                  + (f", tier-balanced {w['tier_balanced']:.3f}" if np.isfinite(w["tier_balanced"]) else ""))
+        numbers = (f"; the same per-group losses give {w['row_weighted']:.3f} row-weighted, "
+                   f"{w['reference_weighted']:.3f} with the {ref} as weights"
+                   + (f" and {w['tier_balanced']:.3f} tier-balanced" if np.isfinite(w["tier_balanced"]) else ""))
     sev = "warning" if ref == "share of original rows" else "info"
+    fix = ("Validate on original rows only (one per parent, no copies) and report per-group"
+           if ref == "share of original rows" else "Report per-group")
     return Finding(fid, "detected", sev,
                    f"The overall metric weights group {top['group']} {100 * top['implicit_weight']:.0f}% and "
-                   f"{low['group']} {100 * low['implicit_weight']:.1f}% ({low['weight_ratio']:.2f}x its {ref}){extra}: "
-                   "report per-group and tier-balanced metrics.", ev)
+                   f"{low['group']} {100 * low['implicit_weight']:.1f}% ({low['weight_ratio']:.2f}x its {ref}){extra}.",
+                   ev, action=f"{fix}, macro and tier-balanced metrics next to the overall one: this validation set "
+                              f"weights {top['group']} {100 * top['implicit_weight']:.0f}% and {low['group']} "
+                              f"{100 * low['implicit_weight']:.1f}% ({low['weight_ratio']:.2f}x its {ref}){numbers}.")
 
 
 def _degradation_finding(d: Diagnosis) -> Finding:
@@ -423,12 +455,15 @@ def _degradation_finding(d: Diagnosis) -> Finding:
     w = d.weighted
     hidden = w is not None and w["this"]["row_weighted"] < w["baseline"]["row_weighted"]
     names = ", ".join(f"{r['group']} {r['ratio']:.1f}x" for _, r in worse.sort_values("ratio", ascending=False).iterrows())
-    msg = f"{len(worse)} groups got worse than the baseline ({names})"
+    msg = f"{len(worse)} group{'s' if len(worse) != 1 else ''} got worse than the baseline ({names})"
     if hidden:
         msg += (f" while the row-weighted metric improved ({w['baseline']['row_weighted']:.3f} -> "
                 f"{w['this']['row_weighted']:.3f}): the overall number hides them")
-    return Finding(fid, "detected", "critical" if hidden else "warning",
-                   msg + "; monitor per-group metrics and protect these groups.", ev)
+    return Finding(fid, "detected", "critical" if hidden else "warning", msg + ".", ev,
+                   action=f"Log each group's validation loss every epoch and compare it with the baseline's before "
+                          f"accepting a run: {names} against the baseline"
+                          + (f", while the overall metric went {w['baseline']['row_weighted']:.3f} -> "
+                             f"{w['this']['row_weighted']:.3f}" if hidden else "") + ".")
 
 
 def _gap_finding(d: Diagnosis) -> Finding:
@@ -450,7 +485,11 @@ def _gap_finding(d: Diagnosis) -> Finding:
         return Finding(fid, "detected", "warning",
                        f"The logged gap is {100 * run_gap:.1f}% of val loss; a reference model shows "
                        f"{100 * clean:.0f}% on a clean split of the same rows but {100 * actual:.0f}% on this split "
-                       f"(val loss {g['val_inflation']:.1f}x lower): the small gap is the split's, not the model's.", ev)
+                       f"(val loss {g['val_inflation']:.1f}x lower): the small gap is the split's, not the model's.", ev,
+                       action=f"Judge the train-val gap only after the split keeps copies apart: on a clean split of "
+                              f"these rows a reference model's validation MSE is {g['val_inflation']:.1f}x its MSE on "
+                              f"this split ({g['clean_split']['val_mse']:.4f} vs {g['actual_split']['val_mse']:.4f}), "
+                              f"its gap {100 * clean:.0f}% of val loss instead of {100 * actual:.0f}%.")
     why = "the logged gap is not small" if not small else "this split does not shrink a reference model's gap"
     return Finding(fid, "not_detected", "info",
                    f"Logged gap {100 * run_gap:.1f}% of val loss vs {100 * clean:.0f}% on a clean split: {why}.", ev)
@@ -462,6 +501,7 @@ def metrics(d: Diagnosis) -> dict:
     s = d.run.samples
     m = {"n_rows": len(s), "n_train": int((s["split"] == "train").sum()), "n_val": int((s["split"] == "val").sum()),
          "near_duplicate_leaked_share": d.scan.leaked_share, "near_duplicate_reference": d.scan.reference_kind,
+         "near_duplicate_space": d.scan.space,
          "n_exact_duplicate_rows": d.scan.n_exact_duplicate_rows}
     if d.parent is not None:
         m["parent_leaked_share"] = d.parent[0]["leaked_share"]

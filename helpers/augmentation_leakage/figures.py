@@ -10,24 +10,21 @@ from helpers.augmentation_leakage.diagnosis import Diagnosis
 
 
 def distances(d: Diagnosis) -> plt.Figure:
-    """Nearest-training-row distances: validation rows, training rows (leave-one-out), clean reference."""
+    """Each validation row's nearest-training-row distance over its distance to the nearest training row
+    of another (pseudo-)parent, against the same ratio on clean re-splits (per (pseudo-)parent medians)."""
     s = d.scan
     fig, ax = plt.subplots()
-    parts = {"validation -> nearest training row": s.val, "training -> nearest other training row": s.train_loo,
-             f"clean re-split ({s.reference_kind}), per-parent median": s.reference}
-    finite = np.concatenate([v[np.isfinite(v)] for v in parts.values() if len(v)])
-    lo = max(finite[finite > 0].min() if (finite > 0).any() else 1e-3, 1e-3)
-    bins = np.geomspace(lo, max(finite.max(), lo * 10), 60)
-    for i, (label, v) in enumerate(parts.items()):
-        v = np.clip(v[np.isfinite(v)], lo, None)
+    bins = np.linspace(0, 1, 51)
+    unit = "parent" if s.reference_kind == "parent_id" else "cluster"
+    for i, (label, v) in enumerate({"validation rows (this split)": s.ratio,
+                                    f"clean re-split by {unit}, median per {unit}": s.reference}.items()):
         if len(v):
-            ax.hist(v, bins=bins, density=True, histtype="step" if i else "stepfilled", alpha=0.5 if i == 0 else 1,
-                    lw=1.5, color=f"C{i}", label=label)
+            ax.hist(np.clip(v, 0, 1), bins=bins, density=True, histtype="step" if i else "stepfilled",
+                    alpha=0.5 if i == 0 else 1, lw=1.5, color=f"C{i}", label=label)
     if np.isfinite(s.threshold):
         ax.axvline(s.threshold, color="k", ls="--", lw=1, label=f"reference 1% quantile {s.threshold:.2f}")
-    ax.set_xscale("log")
-    ax.set(xlabel="distance in standardised feature space", ylabel="density",
-           title=f"estimated leaked share of validation rows: {100 * s.leaked_share:.0f}%")
+    ax.set(xlabel=f"distance to nearest training row / to nearest training row of another {unit} ({s.space})",
+           ylabel="density", title=f"estimated leaked share of validation rows: {100 * s.leaked_share:.0f}%")
     ax.legend(fontsize="x-small")
     return fig
 

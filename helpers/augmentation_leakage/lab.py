@@ -134,43 +134,171 @@ def mse(est, rows: pd.DataFrame, features=FEATURES) -> float:
 
 
 # --------------------------------------------------------------------------- the lab
+ARMS = {"a": "(a) augment, then split rows", "b": "(b) split, then augment train",
+        "c": "(c) split by parent (StratifiedGroupKFold)"}
+
+
 @dataclass
 class LabConfig:
     seed: int = 0
     per_group: int = 40  # parents per group in the development data
-    test_per_group: int = 60  # fresh parents per group in the clean held-out test set
-    val_fraction: float = 0.15
+    test_per_group: int = 100  # fresh parents per group in the clean held-out test set
+    folds: int = 3  # every parent is validated once, by the model that did not train on it
     noise: float = 0.02
     copies: dict = field(default_factory=lambda: dict(COPIES))
 
 
-def arms(cfg: LabConfig) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """(train, val) of the three arrangements on the same parents."""
-    parents = make_parents(cfg.per_group, cfg.seed)
-    aug = augment(parents, cfg.copies, cfg.noise, cfg.seed + 1)
-    leaky_val = split_rows(aug, cfg.val_fraction, cfg.seed)
-    # (b) the source's fix: split the originals, then augment the training part only
-    p_val = split_rows(parents, cfg.val_fraction, cfg.seed)
-    b_train = augment(parents[~p_val], cfg.copies, cfg.noise, cfg.seed + 1)
-    # (c) the general rule: augment however, but split by the pre-augmentation parent
-    g_val = split_by_parent(aug, cfg.val_fraction, cfg.seed)
-    return {"(a) augment, then split rows": (aug[~leaky_val], aug[leaky_val]),
-            "(b) split, then augment train": (b_train, parents[p_val]),
-            "(c) split by parent (GroupShuffleSplit)": (aug[~g_val], aug[g_val])}
+def folds(cfg: LabConfig, parents: pd.DataFrame, rows: pd.DataFrame, arm: str):
+    """(train rows, validation rows) of each fold of one arrangement.
+
+    (a) folds of the augmented rows, drawn row by row, validated on every row of its fold;
+    (b) folds of the originals stratified by group, the training originals augmented, validated
+    on the fold's originals; (c) folds of the augmented rows by parent (stratified by group),
+    validated on the fold's originals (its copies repeat them and would reweight the groups).
+    """
+    from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+
+    if arm == "a":
+        for tr, va in KFold(cfg.folds, shuffle=True, random_state=cfg.seed).split(rows):
+            yield rows.iloc[tr], rows.iloc[va]
+    elif arm == "b":
+        split = StratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed).split(parents, parents["group"])
+        for i, (tr, va) in enumerate(split):
+            yield augment(parents.iloc[tr], cfg.copies, cfg.noise, cfg.seed + 1 + i), parents.iloc[va]
+    else:
+        split = StratifiedGroupKFold(cfg.folds, shuffle=True, random_state=cfg.seed + 1).split(
+            rows, rows["group"], rows["parent_id"])
+        for tr, va in split:
+            val = rows.iloc[va]
+            yield rows.iloc[tr], val[val["is_augmented"] == 0]
 
 
 def run(cfg: LabConfig | None = None) -> pd.DataFrame:
-    """Each arrangement's train, validation and clean-test MSE (and noise 5% for the leaky one)."""
+    """Each arrangement's train, validation and clean-test MSE, by ``cfg.folds``-fold cross-validation
+    (and arm (a) again with 5% noise, the source's proposed cure).
+
+    ``val_mse`` pools every fold's validation rows (each row validated once); ``test_mse`` and
+    ``train_mse`` are the folds' means; ``val_rows`` counts the validation rows, ``train_rows`` is
+    the mean training size of a fold.
+    """
     cfg = cfg or LabConfig()
+    parents = make_parents(cfg.per_group, cfg.seed)
     test = make_parents(cfg.test_per_group, cfg.seed + 1000, first_id=10**6)
-    rows = []
+    out = []
     for noise in dict.fromkeys((cfg.noise, 0.05)):
         c = LabConfig(**{**cfg.__dict__, "noise": noise})
-        for name, (tr, va) in arms(c).items():
-            if noise != cfg.noise and not name.startswith("(a)"):
+        rows = augment(parents, c.copies, noise, cfg.seed + 1)
+        for arm, name in ARMS.items():
+            if noise != cfg.noise and arm != "a":
                 continue
-            est = fit(tr, cfg.seed)
-            v, t = mse(est, va), mse(est, test)
-            rows.append({"arrangement": name, "noise": noise, "train_mse": mse(est, tr), "val_mse": v,
-                         "test_mse": t, "val_over_test": v / t, "train_rows": len(tr), "val_rows": len(va)})
-    return pd.DataFrame(rows)
+            sq, train, tests, n_train = [], [], [], []
+            for tr, va in folds(c, parents, rows, arm):
+                est = fit(tr, cfg.seed)
+                sq.append((est.predict(va[FEATURES].to_numpy()) - va["target"].to_numpy()) ** 2)
+                train.append(mse(est, tr))
+                tests.append(mse(est, test))
+                n_train.append(len(tr))
+            v, t = float(np.concatenate(sq).mean()), float(np.mean(tests))
+            out.append({"arrangement": name, "noise": noise, "validated_on": "its rows" if arm == "a" else "originals",
+                        "train_mse": float(np.mean(train)), "val_mse": v, "test_mse": t, "val_over_test": v / t,
+                        "train_rows": int(round(np.mean(n_train))), "val_rows": int(sum(map(len, sq)))})
+    return pd.DataFrame(out)
+
+
+def support(table: pd.DataFrame, scan: dict | None = None) -> dict[str, str]:
+    """What the lab measured for the fixes, one sentence per finding id, its numbers read from ``table``
+    (and from :func:`noise_scan`'s result ``scan`` for the feature-only check)."""
+    row = {(r["arrangement"][:3], r["noise"]): r for r in table.to_dict(orient="records")}
+    base = min(n for a, n in row if a == "(a)")
+    a, b, c = row[("(a)", base)], row[("(b)", base)], row[("(c)", base)]
+    noisy = [r for (arm, n), r in row.items() if arm == "(a)" and n != base]
+    split = (f"on the same task, a row-wise split after augmenting gave validation MSE {a['val_over_test']:.2f}x the "
+             f"clean test MSE; splitting by parent gave {b['val_over_test']:.2f}x (b: split, then augment train) and "
+             f"{c['val_over_test']:.2f}x (c: split by parent), validated on {b['val_rows']} and {c['val_rows']} "
+             f"originals")
+    if noisy:
+        split += f"; {noisy[0]['noise']:.0%} augmentation noise left the leaky split at {noisy[0]['val_over_test']:.2f}x"
+    out = {"parent_leakage": split + ".",
+           "suspicious_train_val_gap": (f"the leaky split's train/val MSE were {a['train_mse']:.4f}/{a['val_mse']:.4f}, "
+                                        f"the split by parent's (c) {c['train_mse']:.4f}/{c['val_mse']:.4f}.")}
+    if scan:
+        out["near_duplicate_leakage"] = (
+            f"from the features alone the scan {'found' if scan['detected'] else 'did not find'} the leaky split's "
+            f"copies at {scan['noise']:.0%} noise (estimated share {scan['leaked_share']:.0%}, true "
+            f"{scan['true_leaked_share']:.0%}).")
+    return out
+
+
+def noise_scan(cfg: LabConfig | None = None, noise: float = 0.05) -> dict:
+    """The feature-only near-duplicate scan of arm (a)'s rows at ``noise`` (one row-wise split), and the true
+    share of validation rows whose parent is in training."""
+    from helpers.augmentation_leakage import leakage as lk
+
+    cfg = cfg or LabConfig()
+    rows = augment(make_parents(cfg.per_group, cfg.seed), cfg.copies, noise, cfg.seed + 1)
+    val = split_rows(rows, 1 / cfg.folds, cfg.seed)
+    s = lk.near_duplicate_scan(rows[FEATURES].to_numpy(), ~val, val, None, seed=cfg.seed)
+    return {"noise": noise, "true_leaked_share": float(rows.loc[val, "parent_id"].isin(rows.loc[~val, "parent_id"]).mean()),
+            "leaked_share": s.leaked_share, "detected": s.detected, "reference": s.reference_kind, "space": s.space}
+
+
+def reading(table: pd.DataFrame, scan: dict | None = None) -> str:
+    """What the lab's table (and the noise scan) show, in sentences whose numbers are read from them."""
+    row = {(r["arrangement"][:3], r["noise"]): r for r in table.to_dict(orient="records")}
+    base = min(n for a, n in row if a == "(a)")
+    a = row[("(a)", base)]
+    clean = [row[(k, base)] for k in ("(b)", "(c)")]
+    lines = [f"- Leaky split (a), {base:.0%} noise: validation MSE is {a['val_over_test']:.2f}x the clean test MSE "
+             + ("(validation flatters the model)." if a["val_over_test"] < 0.8 else "(no flattering at this size).")]
+    for r in clean:
+        verdict = "tracks the test set" if 0.8 <= r["val_over_test"] <= 1.25 else "does not track the test set"
+        lines.append(f"- {r['arrangement']}: {r['val_over_test']:.2f}x on {r['val_rows']} validation originals: "
+                     f"validation {verdict}.")
+    for (arm, n), r in row.items():
+        if arm == "(a)" and n != base:
+            lines.append(f"- Leaky split with {n:.0%} noise (the source's proposed cure): {r['val_over_test']:.2f}x: "
+                         + ("the copies still leak." if r["val_over_test"] < 0.8 else "no longer flattering here."))
+    if scan:
+        lines.append(f"- The scan from the features alone, on the leaky split at {scan['noise']:.0%} noise (true leaked "
+                     f"share {scan['true_leaked_share']:.0%}): {'detected' if scan['detected'] else 'not detected'}, "
+                     f"estimated share {scan['leaked_share']:.0%} (reference: {scan['reference']}).")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the source's own arithmetic
+SOURCE = {"originals": 108_000, "val_fraction": 0.15, "val_rows": 421_200,
+          "table": {"easy": (5_400, 1.3), "medium": (93_600, 22.2), "hard": (275_400, 65.4)},
+          "tier_means": {"easy": 0.44, "medium": 0.14, "hard": 0.19}, "logged_overall": 0.181,
+          "per_group": {"easy": (0.405, 0.460, 0.451), "medium": (0.127, 0.138, 0.155), "hard": (0.224, 0.200, 0.168)}}
+
+
+def source_composition(source: dict = SOURCE) -> tuple[pd.DataFrame, list[str]]:
+    """The source analysis's validation-composition table, re-derived from its own counts (its
+    originals, nine groups, copies per tier, split fraction), and its overall-metric formula redone."""
+    per_group = source["originals"] / len(GROUPS)
+    tiers = pd.Series(GROUPS).value_counts().reindex(["easy", "medium", "hard"])
+    rows = []
+    for tier, n_groups in tiers.items():
+        derived = n_groups * per_group * (1 + COPIES[tier]) * source["val_fraction"]
+        logged, pct = source["table"][tier]
+        rows.append({"tier": tier, "source_val_rows": logged, "source_percent": pct, "derived_val_rows": derived,
+                     "derived_percent": 100 * derived / source["val_rows"]})
+    t = pd.DataFrame(rows).set_index("tier")
+    listed = t["source_val_rows"].sum()
+    formula = lambda counts, total, means: sum(counts[k] * means[k] for k in counts.index) / total  # noqa: E731
+    means = source["tier_means"]
+    exact = {k: float(np.mean(v)) for k, v in source["per_group"].items()}
+    lines = [
+        f"the source's counts ({source['originals']:,} originals, {source['val_fraction']:.0%} to validation) give "
+        f"{t['derived_val_rows'].sum():,.0f} validation rows, as it states ({source['val_rows']:,}); its table lists "
+        f"{listed:,.0f} of them ({100 * listed / source['val_rows']:.1f}%): its medium row "
+        f"({t.loc['medium', 'source_val_rows']:,.0f}) should be {t.loc['medium', 'derived_val_rows']:,.0f} "
+        f"({t.loc['medium', 'derived_percent']:.1f}%)",
+        f"its formula with its rounded tier means gives {formula(t['source_val_rows'], source['val_rows'], means):.3f} "
+        f"over {source['val_rows']:,} rows; it reaches {formula(t['source_val_rows'], listed, means):.3f} only over "
+        f"the {listed:,.0f} rows its table lists",
+        f"with the derived counts and the tier means of its per-group table "
+        f"({', '.join(f'{k} {v:.3f}' for k, v in exact.items())}) it gives "
+        f"{formula(t['derived_val_rows'], source['val_rows'], exact):.3f}, as logged ({source['logged_overall']})",
+    ]
+    return t, lines
