@@ -85,7 +85,11 @@ class Summary:
         return describe_inputs(self.inputs)
 
     def add(self, *findings: Finding) -> None:
+        """Record findings; a detected one must say what to change (its ``action``): a diagnosis may
+        build a finding first and attach the action from the measurements after, but never records it bare."""
         for f in findings:
+            if f.detected and not f.action.strip():
+                raise ValueError(f"{f.id}: a detected finding is recorded without an action (what to change)")
             self.findings[f.id] = f
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,6 +37,15 @@ def test_finding_rejects_bad_fields(kwargs):
         Finding(**{**base, **kwargs})
 
 
+def test_a_detected_finding_is_never_recorded_without_an_action():
+    s = Summary("01_r2_gap", {})
+    with pytest.raises(ValueError, match="x: a detected finding is recorded without an action"):
+        s.add(Finding("x", "detected", "warning", "m", action="  "))
+    assert s.findings == {}
+    s.add(Finding("x", "detected", "warning", "m", action="do this (0.3 instead of 0.5)"), Finding("y", "not_detected", "info", "m"))
+    assert list(s.findings) == ["x", "y"]
+
+
 def test_jsonable_rounds_and_is_stable():
     assert jsonable(0.1 + 0.2) == 0.3
     assert jsonable({"a": (np.int64(3), np.bool_(True), float("inf"))}) == {"a": [3, True, None]}
