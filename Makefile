@@ -13,7 +13,7 @@ QUIET  := { grep -v -e 'is ignored: it is neither a file nor a directory' || tru
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup run compare test lab data bench student clean distclean
+.PHONY: help setup run compare test lab data bench course student clean distclean
 
 # make run [RUN=manifest.yaml] [SCHEDULER=host:port] [FORCE=1]; make compare A=run1 B=run2
 RUN       ?= manifests/samples.yaml
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 		|| { echo "error: $(PYTHON) is not Python 3.11 (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip 2>&1 | $(QUIET)
-	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | $(QUIET)
+	$(PY) -m pip install --quiet -e '.[dev,teaching]' 2>&1 | $(QUIET)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (workbooks)" >/dev/null
 	$(PY) -m helpers.runner.kernel >/dev/null
 	touch $(STAMP)
@@ -58,11 +58,17 @@ data: setup ## regenerate data_samples/ from the seeded simulators
 bench: setup ## speed and memory ratios against same-run baselines; table in reports/bench.md
 	$(PY) bench/run.py
 
-student: setup ## student copies of the notebooks (solution cells removed) in student/
-	$(VENV)/bin/workbooks student
+course: setup ## the nbgrader course in course/: source/, release/ (no solutions), gradebook, index.ipynb
+	$(VENV)/bin/workbooks course
 
-clean: ## remove generated reports, student copies and caches (keeps .venv)
+student: course ## the same as `make course` (the student copies are course/release/)
+
+clean: ## remove generated reports, the course build and caches (keeps .venv and collected student work)
 	rm -rf reports student bench/results .pytest_cache .ruff_cache
+	@if [ -d course/submitted ] || [ -d course/autograded ]; then \
+		rm -rf course/source course/release course/index.ipynb; \
+		echo "kept course/ submissions, grades and gradebook (collected student work); remove them by hand"; \
+	else rm -rf course; fi
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 
 distclean: clean ## clean, and remove .venv

@@ -22,7 +22,8 @@ def env_pip_requirements():
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    expected = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"]) | {"-e ."}
+    extras = project["optional-dependencies"]
+    expected = set(project["dependencies"]) | set(extras["dev"]) | set(extras["teaching"]) | {"-e ."}
     assert set(env_pip_requirements()) == expected
     assert "- python=3.11" in (REPO_ROOT / "environment.yml").read_text()
 
@@ -39,7 +40,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_makefile_has_the_documented_targets():
     text = (REPO_ROOT / "Makefile").read_text()
-    for target in ("help", "setup", "run", "test", "lab", "data", "bench", "student", "clean"):
+    for target in ("help", "setup", "run", "test", "lab", "data", "bench", "course", "student", "clean"):
         assert re.search(rf"^{target}:", text, re.M), target
     assert ".DEFAULT_GOAL := help" in text
 

@@ -1,9 +1,9 @@
-"""The command line: ``workbooks run|compare|data|student`` (``python -m helpers.runner`` is the same).
+"""The command line: ``workbooks run|compare|data|course`` (``python -m helpers.runner`` is the same).
 
 ``workbooks run [MANIFEST] [--scheduler ADDRESS] [--force]`` executes a manifest's notebooks
 (default: the sample runs) into ``reports/<run>/<notebook>/`` on dask; ``workbooks compare A B``
 lists the findings whose status changed between two runs; ``workbooks data`` regenerates the
-sample runs in ``data_samples/``; ``workbooks student`` writes copies without solutions.
+sample runs in ``data_samples/``; ``workbooks course`` builds the nbgrader course in ``course/``.
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--reports", default=str(REPORTS), help="reports folder")
     data = sub.add_parser("data", help="regenerate the sample runs from the seeded simulators")
     data.add_argument("out", nargs="?", default=str(DATA_SAMPLES), help="folder (default: data_samples/)")
-    sub.add_parser("student", help="write student copies without solution cells into student/")
+    course = sub.add_parser("course", help="build the nbgrader course (source, release without solutions, index) "
+                                           "in course/")
+    course.add_argument("dest", nargs="?", default=None, help="folder (default: course/)")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         return run_manifest(args.manifest, args.reports, args.scheduler or None, args.force, args.workers,
@@ -111,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in regenerate(Path(args.out)):
             print(f"wrote {p} ({p.stat().st_size / 1024:.1f} KiB)")
         return 0
-    from helpers.runner.course import write_student_copies
+    from helpers.runner.course import COURSE, build
 
-    for p in write_student_copies():
-        print(f"wrote {p.relative_to(REPO_ROOT)}")
+    dest = build(Path(args.dest) if args.dest else COURSE)
+    print(f"course: {dest / 'index.ipynb'}; hand out {dest / 'release'}")
     return 0
 
 
