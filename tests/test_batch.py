@@ -141,7 +141,7 @@ def test_compare_lists_the_findings_whose_status_changed(batch, capsys):
 @pytest.mark.xdist_group("dask")
 def test_the_runner_bounds_concurrency(batch):
     """Four tasks (three runs) on the default two workers: each recorded, never more than two at once."""
-    record, reports = batch["record"], batch["reports"]
+    record = batch["record"]
     tasks = record["tasks"]
     assert sorted(f"{t['run']}/{t['notebook']}" for t in tasks) == sorted(
         ["good/01_r2_gap", "bad/01_r2_gap", "bad/02_encoder_variance", "hang/04_roc_collapse"])

@@ -44,25 +44,26 @@ def test_every_notebook_imports_its_own_package_under_the_same_aliases(name):
 
 
 @pytest.mark.notebook
-def test_plain_papermill_runs_quiet(tmp_path):
+def test_plain_papermill_runs_quiet_and_the_notebook_itself_refuses_a_misspelt_parameter(tmp_path, elsewhere):
     """papermill from the command line, as the README teaches it: the project's kernel asks for an
-    encrypted transport itself (helpers/runner/kernel.py), so no kernel warns about plain-text TCP."""
-    import json
+    encrypted transport itself (helpers/runner/kernel.py), so no kernel warns about plain-text TCP;
+    the injected cell reaches the kernel, and the validation cell refuses the unknown name in one line."""
     import subprocess
     import sys
     from pathlib import Path
 
     from jupyter_client.kernelspec import KernelSpecManager
 
+    from helpers.paths import NOTEBOOKS
+
     spec = KernelSpecManager().get_kernel_spec("python3")
     assert spec.metadata["kernel_provisioner"]["provisioner_name"] == "workbooks-encrypted-provisioner"
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, tmp_path / "in.ipynb")
     papermill = Path(sys.executable).parent / "papermill"
-    done = subprocess.run([str(papermill), str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), "--no-progress-bar"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    out = tmp_path / "o"
+    done = subprocess.run([str(papermill), str(NOTEBOOKS / "02_encoder_variance.ipynb"), str(tmp_path / "out.ipynb"),
+                           "-p", "embeddingz", "mine.npz", "-p", "run_demos", "False", "-p", "output_dir", str(out),
+                           "--no-progress-bar"], capture_output=True, text=True, timeout=300, cwd=elsewhere)
+    assert done.returncode != 0
     assert "without encryption" not in done.stderr, done.stderr
-    out = json.loads((tmp_path / "out.ipynb").read_text())
-    assert "".join(out["cells"][0]["outputs"][0]["text"]) == "hello\n"
+    assert "InputError: embeddingz: is not a parameter of this notebook (did you mean 'embeddings'?)" in done.stderr
+    assert not (out / "summary.json").exists()

@@ -5,7 +5,6 @@ import pytest
 from helpers.io import InputError
 from helpers.params import check_injected, check_types, parse_list
 from helpers.paths import DATA_SAMPLES
-from helpers.runner.execute import NotebookFailed, execute
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -60,15 +59,6 @@ def test_check_injected(monkeypatch, history, error):
         with pytest.raises(InputError) as e:
             check_injected(["predictions", "seed"], "01")
         assert str(e.value).startswith(error)
-
-
-@pytest.mark.notebook
-def test_misspelt_parameter_is_refused_by_the_notebook_itself(tmp_path, elsewhere):
-    """Plain papermill: the injected cell reaches the kernel, and the validation cell refuses the name."""
-    with pytest.raises(NotebookFailed) as e:
-        execute("02_encoder_variance", {"embeddingz": "mine.npz", "run_demos": False}, tmp_path / "o", cwd=elsewhere)
-    assert e.value.line.startswith("InputError: embeddingz: is not a parameter of this notebook (did you mean 'embeddings'?)")
-    assert not (tmp_path / "o" / "summary.json").exists()
 
 
 def test_list_parameter_given_as_text(tmp_path):
