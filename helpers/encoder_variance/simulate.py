@@ -237,3 +237,25 @@ def write(out_dir: Path, cfg: EncoderConfig = EncoderConfig(), names=tuple(ENCOD
 def with_seed(seed: int, **changes) -> EncoderConfig:
     """A configuration for a run that is not the sample (another seed, other sizes)."""
     return replace(EncoderConfig(), seed=seed, **changes)
+
+
+# --------------------------------------------------------------------------- quick runs for the exercises
+# a quick run: 60 training steps of 32 puzzles (about a third of a second on one CPU thread), evaluated on
+# 32 puzzles x 4 demonstrations; the sample's encoders train 200 steps of 64 puzzles
+QUICK = {"steps": 60, "batch": 32, "n_puzzles": 32, "n_demos": 4}
+
+
+def quick_config(seed: int, **changes) -> EncoderConfig:
+    """A configuration for a quick seeded run of the notebook's exercises (:data:`QUICK`); ``changes``
+    override any field, e.g. ``noise=3.0, pairs=1`` for demonstrations that say little about the puzzle,
+    ``n_factors=1`` for puzzles that differ in one hidden number, ``n_demos=1`` for one demonstration each."""
+    return with_seed(seed, **{**QUICK, **changes})
+
+
+def arrays_of(enc: TaskEncoder, cfg: EncoderConfig = EncoderConfig(), seed: int | None = None) -> dict[str, np.ndarray]:
+    """The notebook-02 arrays of a trained encoder on the evaluation set of ``cfg`` (fresh puzzles of its
+    task), as :func:`simulate` exports them: ``z``, ``group``, and for a variational encoder ``z_samples``
+    and ``logvar``. ``seed`` picks another evaluation set of the same task (default ``cfg.seed``)."""
+    seed = cfg.seed if seed is None else seed
+    demos, group = evaluation_set(cfg, seed)
+    return {**embed(enc, demos, cfg.n_passes, seed=seed + 3), "group": group}
