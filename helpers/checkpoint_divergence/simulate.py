@@ -23,13 +23,16 @@ the same bytes on every run.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from helpers.checkpoint_divergence import lab as it
+from helpers.checkpoint_divergence import rocking_curve as rc
 from helpers.io import save_npz
+from helpers.training import deterministic_torch
 
 NOTEBOOK = "03_checkpoint_divergence"
 
@@ -38,6 +41,32 @@ def simulate(cfg: it.InverseConfig | None = None) -> tuple[it.Dataset, it.Traine
     cfg = cfg or it.InverseConfig()
     data = it.make_dataset(cfg)
     return data, it.train(data, cfg, keep_state_dicts=True)
+
+
+def with_experiment(data: it.Dataset, run: it.TrainedRun, profile, seed: int = 0,
+                    peak_counts: float = it.InverseConfig().peak_counts) -> tuple[it.Dataset, it.TrainedRun]:
+    """The same training and checkpoints with another experiment: the profile ``profile`` (7,) measured once
+    (forward model and Poisson counting noise at ``peak_counts``, seeded by ``seed``) and predicted by every
+    checkpoint of ``run`` (from its state dicts, which :func:`simulate` keeps).
+
+    Returns ``(data, run)`` with the new experiment (nothing else changes); :func:`checkpoint_arrays` of them
+    is the run notebook 03 reads. No training: a few milliseconds (notebook 03's exercises).
+    """
+    if not run.state_dicts:
+        raise ValueError("run holds no state dicts: make it with simulate() (or train(..., keep_state_dicts=True))")
+    target = np.asarray(profile, dtype=np.float64).reshape(-1)
+    with deterministic_torch(seed), torch.no_grad():
+        curve = rc.forward(torch.as_tensor(target[None], dtype=torch.float32)).numpy()
+        x = it.measure(curve, peak_counts, np.random.default_rng(seed))
+        hidden, n_inputs = run.state_dicts[0]["net.0.weight"].shape
+        model = it.InverseMLP(n_inputs, hidden, n_outputs=len(target))
+        preds = []
+        for state in run.state_dicts:
+            model.load_state_dict(state)
+            model.eval()
+            preds.append(model(torch.as_tensor(x)).numpy()[0])
+    return (replace(data, experiment_x=x[0], experiment_target=target),
+            replace(run, experiment_pred=np.stack(preds).astype(np.float32)))
 
 
 def checkpoint_arrays(data: it.Dataset, run: it.TrainedRun) -> dict[str, np.ndarray]:
