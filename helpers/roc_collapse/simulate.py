@@ -177,3 +177,24 @@ def write(out_dir: Path, cfg: RocCollapseConfig | None = None) -> list[Path]:
                              use_dictionary=["epoch", "rank", "worker"],
                              column_encoding={"sample_id": "DELTA_BINARY_PACKED"})
     return [roc_path, p_scores, p_hist, p_seen]
+
+
+def write_scores(out_dir: Path, cfg: RocCollapseConfig | None = None, times_scored: int = 1) -> Path:
+    """A small run of its own (the notebook's exercises): only ``scores.parquet``, no history, loader log or ROC code.
+
+    ``times_scored`` > 1 scores every sample that many times per epoch, as an evaluation loader over an
+    ``IterableDataset`` sharded by rank but not by worker does with that many workers: each worker yields
+    the whole set in turn, so the copies share the sample's ``sample_id`` and score.
+    """
+    cfg = cfg or RocCollapseConfig()
+    if times_scored < 1:
+        raise ValueError(f"times_scored must be at least 1, got {times_scored}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scores = simulate_scores(cfg)
+    if times_scored > 1:  # worker after worker within each epoch
+        scores = pd.concat([scores] * times_scored, ignore_index=True).sort_values("epoch", kind="stable",
+                                                                                   ignore_index=True)
+    path = out_dir / "scores.parquet"
+    scores.to_parquet(path, index=False, use_dictionary=False)  # continuous floats: dictionaries only cost time
+    return path
