@@ -100,6 +100,20 @@ def test_sample_run_agrees_with_the_in_process_pipeline(sample_execution, tmp_pa
     assert mine["inputs"] == summary["inputs"] and mine["sample_run"]
 
 
+def test_the_import_cell_loads_no_torch():
+    """Only the lab needs torch (run_demos): the import cell prints its version without importing it."""
+    import subprocess
+    import sys
+
+    from helpers.paths import NOTEBOOKS
+
+    nb = json.loads((NOTEBOOKS / f"{NAME}.ipynb").read_text())
+    cell = "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
+    probe = f"import matplotlib\nmatplotlib.use('Agg')\n{cell}\nimport sys\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "False" and "| torch 2." in out
+
+
 def test_sample_banner_comes_first_and_says_it_is_the_sample(tmp_path):
     r = pipeline(dx, output_dir=str(tmp_path))
     lines = r.banner.splitlines()

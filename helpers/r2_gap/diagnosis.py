@@ -49,6 +49,7 @@ PADDING_EFFECT = 1e-3
 def load_predictions(param: str, path: str | Path) -> pd.DataFrame:
     """The predictions table, schema-checked (docs/01_r2_gap.md)."""
     df = load_table(param, path, REQUIRED, OPTIONAL)
+    _release_arrow_memory()
     file = resolve_path(param, path)
     for col in ("rank", "batch"):
         if col in df.columns and (df[col] < 0).any():
@@ -56,10 +57,20 @@ def load_predictions(param: str, path: str | Path) -> pd.DataFrame:
     if len(df) < 2:
         raise InputError(param, f"has {len(df)} row: R² compares errors with the spread of y_true, which needs at "
                                 "least 2 rows", file)
-    if df["y_true"].nunique() == 1:
+    y = df["y_true"].to_numpy()
+    if y.min() == y.max():
         raise InputError(param, f"column 'y_true' is constant ({float(df['y_true'].iloc[0]):g} in every row): R² = "
                                 "1 - SSE/SST is undefined when SST = 0", file)
     return df
+
+
+def _release_arrow_memory() -> None:
+    """Give back the memory Arrow's pool keeps after a parquet read (the Arrow table the frame was
+    converted from): kept, it would sit under every later peak of the diagnosis."""
+    import sys
+
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
 
 
 def load_reported(param: str, path: str | Path, sessions: list | None) -> dict:
@@ -180,7 +191,8 @@ def diagnose(run: R2Run, params: Mapping) -> Diagnosis:
     if g.has["session"]:
         d.per_session = reg.per_group_metrics(g, "session", multioutput)
         d.intervals = reg.bootstrap_r2(table, "session", n_boot=params["n_bootstrap"], seed=params["seed"],
-                                       multioutput=multioutput, progress=len(table) > 1_000_000)
+                                       multioutput=multioutput, progress=len(table) > 1_000_000,
+                                       duplicates=g.duplicates)
         d.sessions = reg.variance_decomposition(g, "session", multioutput)
         d.anova = reg.session_anova(table)
     if g.has["batch"]:
@@ -193,7 +205,7 @@ def diagnose(run: R2Run, params: Mapping) -> Diagnosis:
             "n_unique_rows": g.n_rows - g.n_duplicate_rows,
             "r2_with_duplicates": pick(with_dups, "r2"), "r2_without_duplicates": pick(d.candidates, "r2"),
             # which copy is "the repeat" depends on row order; the ranks that hold a repeated sample do not
-            "ranks_with_repeated_samples": _ranks_with_repeats(table) if g.has["rank"] else [],
+            "ranks_with_repeated_samples": _ranks_with_repeats(table, g.repeated) if g.has["rank"] else [],
         }
     return d
 
@@ -497,7 +509,7 @@ def _beyond_noise(d: Diagnosis, row) -> str:
     verdict = ("contains it, so that difference is within the session's sampling noise" if lo <= within <= hi else
                "excludes it, so that difference is larger than the session's sampling noise")
     return (f"Session {html.escape(label)}'s R² differs from the within-session R² {within:.3f} by {short:+.3f} "
-            f"(its difficulty and bias parts); its 95% bootstrap interval [{lo:.3f}, {hi:.3f}] {verdict}.")
+            f"(its difficulty and bias parts); its 95% block-bootstrap interval [{lo:.3f}, {hi:.3f}] {verdict}.")
 
 
 def metrics(d: Diagnosis) -> dict:
@@ -523,19 +535,26 @@ def metrics(d: Diagnosis) -> dict:
     return m
 
 
-def _ranks_with_repeats(table: pd.DataFrame) -> list:
-    key = ["sample_id", "channel"] if "channel" in table.columns else ["sample_id"]
-    return sorted(table.loc[table.duplicated(key, keep=False), "rank"].unique().tolist())
+def _ranks_with_repeats(table: pd.DataFrame, repeated: np.ndarray | None = None) -> list:
+    """The ranks holding a row of a sample evaluated more than once (``repeated``: that mask, if known)."""
+    repeated = reg.repeat_counts(table) > 1 if repeated is None else repeated
+    return sorted(np.unique(table["rank"].to_numpy()[repeated]).tolist())
 
 
 def repeated_samples(table: pd.DataFrame) -> pd.DataFrame:
-    """Samples evaluated more than once: how often, and on which ranks (empty without sample_id)."""
+    """Samples evaluated more than once: how often, and on which ranks (empty without sample_id).
+
+    Only the rows of repeated samples are grouped (one counting pass finds them)."""
     if "sample_id" not in table.columns:
         return pd.DataFrame(columns=["sample_id", "times", "ranks"])
     key = ["sample_id", "channel"] if "channel" in table.columns else ["sample_id"]
-    times = table.groupby(key, sort=True).size().groupby(level="sample_id").max()
+    sample, _ = reg._dense_codes(table["sample_id"].to_numpy())
+    repeated = np.zeros(int(sample.max()) + 1 if len(sample) else 0, dtype=bool)
+    repeated[sample[reg.repeat_counts(table) > 1]] = True
+    rows = table[repeated[sample]]  # every row of a sample that was evaluated more than once
+    times = rows.groupby(key, sort=True).size().groupby(level="sample_id").max()
     rep = times[times > 1].rename("times").reset_index()
     if "rank" in table.columns:
-        ranks = table[table["sample_id"].isin(rep["sample_id"])].groupby("sample_id")["rank"].unique()
+        ranks = rows.groupby("sample_id")["rank"].unique()
         rep["ranks"] = rep["sample_id"].map(lambda s: sorted(ranks[s].tolist()))
     return rep

@@ -45,7 +45,8 @@ def batches(d: Diagnosis) -> plt.Figure:
     """Per-batch R² against the batch's target variance: why a mean of per-batch values drifts."""
     pb = reg.per_group_metrics(d.run, ["rank", "batch"], dedup=False)
     fig, ax = plt.subplots()
-    sc = ax.scatter(pb["target_variance"], pb["r2"], s=10 + 2 * pb["n"] ** 0.8, c=pb["rank"], cmap="viridis", alpha=0.8)
+    sc = ax.scatter(pb["target_variance"], pb["r2"], s=10 + 2 * pb["n"] ** 0.8, c=pb["rank"], cmap="viridis", alpha=0.8,
+                    linewidths=0)  # no marker edges: a large run has thousands of batches
     ax.axhline(d.headline["r2"], color="k", lw=1, label=f"pooled R² {d.headline['r2']:.3f}")
     ax.axhline(np.nanmean(pb["r2"]), color="C3", ls="--", label=f"mean of per-batch R² {np.nanmean(pb['r2']):.3f}")
     ax.set_xscale("log")
@@ -80,8 +81,9 @@ def sessions(d: Diagnosis) -> plt.Figure:
     ps = d.per_session.merge(d.intervals, on="session")
     x = np.arange(len(ps))
     fig, ax = plt.subplots()
-    err = np.vstack([ps["r2"] - ps["r2_low"], ps["r2_high"] - ps["r2"]])
-    ax.errorbar(x, ps["r2"], yerr=err, fmt="o", capsize=4, label="per-session R² (95% bootstrap)")
+    # the interval as drawn from its ends: a percentile interval need not hold the estimate (errorbar refuses that)
+    ax.vlines(x, ps["r2_low"], ps["r2_high"], color="C0", label="95% block-bootstrap interval")
+    ax.scatter(x, ps["r2"], color="C0", zorder=3, label="per-session R²")
     rec = d.reconciliation
     if len(rec):
         logged = rec[rec["session"].notna() & (rec["reported"] == "r2")]

@@ -133,3 +133,16 @@ def write(out_dir: Path, cfg: R2GapConfig | None = None) -> list[Path]:
     table.to_parquet(p1, index=False)
     p2.write_text(json.dumps(reported, indent=2) + "\n")
     return [p1, p2]
+
+
+# --------------------------------------------------------------------------- small runs for the exercises
+# a small run: 3 sessions x 40 samples, one output channel, 4 ranks, batches of 8 (the sample: 5 x 84,
+# 4 channels, 8 ranks, batches of 16); simulating and diagnosing one takes well under a second
+QUICK = {"sessions": ("a", "b", "c"), "samples_per_session": 40, "n_channels": 1, "world_size": 4, "batch_size": 8}
+
+
+def quick_config(seed: int, **changes) -> R2GapConfig:
+    """The configuration of a small seeded run for the notebook's exercises (:data:`QUICK`); ``changes``
+    override any field of :class:`R2GapConfig`, e.g. ``world_size=8`` for a set the sampler pads,
+    ``session_shift=0.0`` for sessions with one mean, ``prediction_bias=0.5`` for a biased model."""
+    return R2GapConfig(**{**QUICK, "seed": seed, **changes})
