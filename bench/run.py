@@ -3,6 +3,11 @@
 Prints a table and writes it to reports/bench.md (and .json): ratio, target, and pass or
 FAIL per row. Exits non-zero only when a benchmark is broken, not on a slow machine.
 ``--quick`` runs tiny sizes (a smoke test of this script, no verdict).
+
+Rows: each notebook on its sample against its floor notebook; each whole notebook on a large
+generated run against the irreducible work (bench/notebooks_at_scale.py: wall time and kernel
+peak memory, ``--skip at_scale`` leaves them out, ``--skip at_scale:05`` one); the statistics
+modules at scale (bench/<notebook package>.py) and the batch runner (bench/batch.py).
 """
 
 from __future__ import annotations
@@ -142,26 +147,41 @@ def bench_streaming(n: int, chunk: int = 5_000_000) -> dict:
 
 
 # ----------------------------------------------------------------------------- main
+def skipped(label: str, skip: set[str]) -> bool:
+    """A job is left out when ``--skip`` names its first word ("batch", "at_scale:01") or that word's family
+    before a colon ("at_scale": all five notebooks on large runs)."""
+    key = label.split(" ")[0]
+    return key in skip or key.split(":")[0] in skip
+
+
 def main(argv=None) -> int:
     """Run every benchmark; write reports/bench.md. Non-zero only when a benchmark is broken (raised)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the bench runs")
     parser.add_argument("--out", default=str(ROOT / "reports"), help="folder for bench.md and bench.json")
-    parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out (e.g. batch)")
+    parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out (e.g. batch, "
+                                                   "at_scale for the five large-run notebook rows, at_scale:01 for one)")
     args = parser.parse_args(argv)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    import notebooks_at_scale as at_scale
+
     from helpers.runner.execute import notebook_names
 
     jobs = []
     if not args.quick:
         jobs += [(f"{name} wall time", lambda name=name: [bench_notebook(name)]) for name in notebook_names()]
+        # each whole notebook on a large generated run: `--skip at_scale` leaves all five out, `--skip at_scale:01` one
+        jobs += [(f"at_scale:{name[:2]} {name} on a large run", lambda name=name: at_scale.notebook_rows(name))
+                 for name in at_scale.MAKERS]
+    else:
+        jobs.append(("at_scale (tiny inputs; 02 through papermill)", lambda: at_scale.run(quick=True)))
     jobs.append(("reconciliation", lambda: [bench_reconciliation(10**5 if args.quick else 10**7)]))
     jobs.append(("streaming", lambda: [bench_streaming(10**6 if args.quick else 10**8,
                                                        chunk=10**5 if args.quick else 5_000_000)]))
-    for module in sorted(p.stem for p in HERE.glob("[a-z]*.py") if p.stem != "run"):
+    for module in sorted(p.stem for p in HERE.glob("[a-z]*.py") if p.stem not in ("run", "notebooks_at_scale")):
         # every bench/<module>.py exposes run(quick) -> rows
         jobs.append((module, lambda module=module: __import__(module).run(quick=args.quick)))
-    jobs = [(label, job) for label, job in jobs if label.split(" ")[0] not in skip]
+    jobs = [(label, job) for label, job in jobs if not skipped(label, skip)]
     rows, broken = [], []
     for label, job in jobs:
         print(f"{label} ...", flush=True)

@@ -559,3 +559,43 @@ def test_no_markdown_cell_states_a_number_about_the_run():
         for quoted in ("0.008040", "3.8e-4", "0.5, 1.0"):
             if quoted in cell.source:
                 assert "source" in cell.source[:cell.source.index(quoted)], quoted
+
+
+# ----------------------------------------------------------------------------- large runs (issue 17)
+def test_the_coverage_scatter_draws_a_subsample_of_a_large_training_set_and_says_so(sample, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from helpers.checkpoint_divergence import figures as figs
+
+    run, d = sample
+    m = len(run.train_target)
+    fig = figs.coverage(d)  # the sample's 1,500 rows: all drawn
+    points = fig.axes[2].collections[0]
+    assert len(points.get_offsets()) == m and points.get_label() == "training"
+    plt.close(fig)
+    monkeypatch.setattr(figs, "MAX_SCATTER", 400)
+    fig = figs.coverage(d)
+    points = fig.axes[2].collections[0]
+    rows = ck.subsample(m, 400)
+    np.testing.assert_array_equal(points.get_offsets()[:, 0], run.train_target[rows, points_column(fig, run)])
+    assert len(points.get_offsets()) == 400 and points.get_label() == f"training (400 of {m:,} shown)"
+    plt.close(fig)
+
+
+def points_column(fig, run) -> int:
+    return run.param_names.index(fig.axes[2].get_xlabel())
+
+
+def test_a_large_run_says_which_step_the_diagnosis_is_on(sample, capsys):
+    run, _ = sample
+    dx.diagnose(without_forward(run), SETTINGS, progress=True)
+    err = capsys.readouterr().err
+    for step in ("standardised errors of 30 checkpoints x 600 samples", "coverage: k-d tree of 1,500 training targets",
+                 "selection on the test case", "remedies"):
+        assert step in err
+    assert "6/6" in err
+    dx.diagnose(without_forward(run), SETTINGS)  # the sample is small: nothing shown
+    assert capsys.readouterr().err == ""

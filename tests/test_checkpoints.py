@@ -336,3 +336,39 @@ def test_coverage_effect_against_mannwhitney():
     assert ce.worse
     flat = ck.coverage_effect(np.ones(200), cov, groups)
     assert not flat.worse and flat.ratio == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- large runs (issue 17)
+def test_a_few_queries_measured_directly_give_the_trees_distances_to_the_bit(monkeypatch):
+    """One point against many training rows is measured without building a tree; the numbers are the tree's."""
+    rng = np.random.default_rng(11)
+    ref = rng.normal(size=(3000, 7)) * [1e-2, 1, 1e3, 5, 1, 1, 1]
+    ref[5] = ref[4]  # a tie among the nearest of the first query
+    q = np.vstack([ref[4] + 1e-9, rng.normal(size=(3, 7))])
+    direct = ck.knn_distances(ref, q, 5), ck.knn_distances(ref, ref[:50], 5, exclude_self=True)
+    monkeypatch.setattr(ck, "BRUTE_LIMIT", 0)  # every query through NearestNeighbors' tree
+    tree = ck.knn_distances(ref, q, 5), ck.knn_distances(ref, ref[:50], 5, exclude_self=True)
+    for a, b in zip(direct, tree, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(direct[0], np.sort(cdist(q, ref), axis=1)[:, :5].mean(axis=1), rtol=1e-12)
+
+
+def test_coverage_k_d_tree_gives_scikit_learns_kdtree_numbers():
+    """The coverage's k-NN distances and counts within radii (scipy's cKDTree) are those of scikit-learn's
+    KDTree to the bit, k=1 included; repeated training rows count once each."""
+    from sklearn.neighbors import KDTree
+
+    rng = np.random.default_rng(12)
+    train = np.round(rng.normal(size=(4000, 4)) * [1, 10, 100, 1000], 1)  # rounded: exact repeats and ties
+    val = rng.normal(size=(300, 4)) * [1, 10, 100, 1000]
+    scaler = ck.fit_scaler(train)
+    tz = scaler.transform(train)
+    for k in (1, 5):
+        c = ck.coverage(train, val[0] * 2, val, scaler, list("abcd"), k=k)
+        q = np.vstack([scaler.transform(val[0][None] * 2), scaler.transform(val[c.reference_rows])])
+        tree = KDTree(tz)
+        dist = tree.query(q, k=k)[0].mean(axis=1)
+        np.testing.assert_array_equal(np.r_[c.distance, c.reference_distances], dist)
+        counts = np.stack([tree.query_radius(q, r=float(r), count_only=True) for r in c.radii], axis=1)
+        np.testing.assert_array_equal(np.vstack([c.counts, c.reference_counts]), counts)
+    assert c.reference_counts[:, -1].max() > 1  # the largest radius holds several training rows

@@ -350,3 +350,15 @@ def test_lab_support_states_the_measured_trade_off():
                  "1.1000, 0.2500, 0.1800, 0.1600. KL 1e-3 is the largest weight whose encoder is healthy (between share "
                  "74%, sampling 14.0%, task MSE 0.1800); at KL 1e-4 it collapses to deterministic.")
     assert lab.support(fake_sweep([0.16, 0.18, 0.25, 1.1], decisions), [dx.Finding("inactive_units", "not_detected", "info", "m")]) == {}
+
+
+# --------------------------------------------------------------------------- large runs (issue 17)
+def test_a_large_run_says_which_step_the_diagnosis_is_on(capsys):
+    run = dx.Run(dx.load_embeddings("embeddings", DATA_SAMPLES / NAME / "collapsed_variational.npz"))
+    shown = dx.diagnose(run, {"seed": 0}, progress=True)
+    err = capsys.readouterr().err
+    assert "collapsed_variational: variance decomposition, units, KL (384 inputs x 32 units)" in err
+    assert "centroid cosines" in err and "2/2" in err
+    quiet = dx.diagnose(run, {"seed": 0})  # the sample is small: nothing shown
+    assert capsys.readouterr().err == ""
+    assert dx.metrics(quiet) == dx.metrics(shown)

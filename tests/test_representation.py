@@ -1,6 +1,7 @@
 """Unit tests of helpers.encoder_variance.representation: estimators against closed forms and library cross-checks."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as sps
 from sklearn.metrics.pairwise import cosine_similarity
@@ -202,3 +203,52 @@ def test_group_sums_match_a_loop():
     codes = rng.integers(0, 7, 100)
     expected = np.stack([x[codes == k].sum(axis=0) for k in range(7)])
     np.testing.assert_allclose(rep.group_sums(x, codes, 7), expected, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- chunks of rows (large runs)
+def test_statistics_a_chunk_of_rows_at_a_time_equal_the_formulas(monkeypatch):
+    """A run larger than one chunk (CHUNK_BYTES made tiny here) gives the formulas' numbers; a run that fits in
+    one chunk gives exactly them (the same operations in the same order)."""
+    rng = np.random.default_rng(20)
+    n, r, d = 301, 3, 5
+    z = rng.normal(size=(n, d)).astype(np.float32) * np.float32(3)
+    s = (z[:, None, :] + rng.normal(size=(n, r, d))).astype(np.float32)
+    lv = rng.normal(-1, 0.5, size=(n, d)).astype(np.float32)
+    g = rng.integers(0, 17, n)
+    z64, s64, lv64 = z.astype(np.float64), s.astype(np.float64), lv.astype(np.float64)
+    formulas = {
+        "sampling": (lambda: rep.sampling_variance(s), s.var(axis=1, ddof=1, dtype=np.float64).mean(axis=0)),
+        "within_as_written": (lambda: rep.source_within_as_written(s), ((s64[:, 0] - s64[:, 1]) ** 2).mean()),
+        "cross_as_written": (lambda: rep.source_cross_sample_as_written(s[:, 0]),
+                             ((s64[:, 0] - s64[:, 0].mean(axis=0, keepdims=True)) ** 2).mean()),
+        "var_rows": (lambda: rep.var_rows(z), z.var(axis=0, ddof=1, dtype=np.float64)),
+        "mean_exp": (lambda: rep.mean_exp(lv), np.exp(lv64).mean(axis=0)),
+        "mean_exp_all": (lambda: rep.mean_exp(lv, axis=None), np.exp(lv64).mean()),
+        "kl": (lambda: rep.kl_per_dim(z, lv), (0.5 * (z64 * z64 + np.exp(lv64) - 1.0 - lv64)).mean(axis=0)),
+        "centroids": (lambda: rep.centroids(z, g)[0],
+                      pd.DataFrame(z64).groupby(g).mean().to_numpy()),
+    }
+    one_chunk = {k: f() for k, (f, _) in formulas.items()}
+    for k, (_, want) in formulas.items():
+        if k != "centroids":  # the group means are sums in another order (torch index_add_)
+            np.testing.assert_array_equal(one_chunk[k], want, err_msg=k)
+    monkeypatch.setattr(rep, "CHUNK_BYTES", 8 * r * d * 7)  # a few rows per chunk
+    assert len(rep.row_chunks(n, r * d)) == 43
+    for k, (f, want) in formulas.items():
+        np.testing.assert_allclose(f(), want, rtol=1e-12, err_msg=k)
+    # the decomposition and the active units follow: the same numbers from many chunks
+    many = rep.decompose(z, g, z_samples=s), rep.active_units(z, lv)
+    monkeypatch.setattr(rep, "CHUNK_BYTES", 32 * 2**20)
+    one = rep.decompose(z, g, z_samples=s), rep.active_units(z, lv)
+    for a, b in ((many[0].sampling_per_dim, one[0].sampling_per_dim), (many[1].var_mean, one[1].var_mean),
+                 (many[1].noise_var, one[1].noise_var)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_centroid_cosines_from_centroids_given_are_the_same():
+    rng = np.random.default_rng(21)
+    z, g, _ = grouped_gaussian(rng, [3, 4, 2, 5, 6], 4, 1.0, 0.3, mean=2.0)
+    c, _ = rep.centroids(z, g)
+    for center in (False, True):
+        np.testing.assert_array_equal(rep.centroid_cosines(z, g, center=center, c=c),
+                                      rep.centroid_cosines(z, g, center=center))

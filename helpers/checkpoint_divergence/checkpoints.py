@@ -48,7 +48,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
-from sklearn.neighbors import KDTree, NearestNeighbors
+from scipy.spatial import cKDTree
+from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
 # chunks of the (E, N, P) prediction array hold at most this many bytes of temporaries
@@ -62,6 +63,8 @@ REL_FLOOR = 1e-9
 # many validation samples
 MAX_BASELINE_TRAIN = 300
 MAX_BASELINE_VAL = 150
+# k-NN distances of a few query rows are computed directly (no tree) up to this many distance evaluations
+BRUTE_LIMIT = 5e7
 
 
 # --------------------------------------------------------------------------- scales and errors
@@ -423,20 +426,45 @@ def knn_distances(reference_z: np.ndarray, query_z: np.ndarray, k: int = 5,
     """Mean Euclidean distance from each query row to its ``k`` nearest reference rows (NearestNeighbors).
 
     ``exclude_self``: the queries are the reference rows themselves; each row's own zero distance is dropped.
+    A few queries against many rows (at most BRUTE_LIMIT distances, e.g. one point against 10^6 training
+    rows) are measured directly instead of through a tree built for them; the distances are the same.
     """
     reference_z = np.asarray(reference_z, dtype=np.float64)
+    query_z = np.atleast_2d(np.asarray(query_z, dtype=np.float64))
     kk = k + 1 if exclude_self else k
     if kk > len(reference_z):
         raise ValueError(f"need at least {kk} reference rows for k={k}, got {len(reference_z)}")
-    dist, _ = NearestNeighbors(n_neighbors=kk).fit(reference_z).kneighbors(np.atleast_2d(query_z))
+    if len(query_z) * len(reference_z) <= BRUTE_LIMIT:
+        dist = _nearest_brute(reference_z, query_z, kk)
+    else:
+        dist, _ = NearestNeighbors(n_neighbors=kk).fit(reference_z).kneighbors(query_z)
     return dist[:, 1:].mean(axis=1) if exclude_self else dist.mean(axis=1)
 
 
+def _nearest_brute(reference: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """(n_query, k) ascending Euclidean distances to the k nearest reference rows, each squared distance
+    summed coordinate by coordinate in order (as a tree's distance does, so the numbers agree to the bit)."""
+    out = np.empty((len(query), k))
+    for i, row in enumerate(query):
+        d2 = np.zeros(len(reference))
+        for j in range(reference.shape[1]):
+            diff = reference[:, j] - row[j]
+            d2 += diff * diff
+        out[i] = np.sort(np.sqrt(np.partition(d2, k - 1)[:k]))
+    return out
+
+
 def counts_within(reference_z: np.ndarray, query_z: np.ndarray, radii: Sequence[float]) -> np.ndarray:
-    """(n_query, n_radii) number of reference rows within each radius (KDTree.query_radius, count_only)."""
-    tree = KDTree(np.asarray(reference_z, dtype=np.float64))
+    """(n_query, n_radii) number of reference rows within each radius (a k-d tree, ``query_ball_point``)."""
+    tree = cKDTree(np.asarray(reference_z, dtype=np.float64))
     q = np.atleast_2d(np.asarray(query_z, dtype=np.float64))
-    return np.stack([tree.query_radius(q, r=float(r), count_only=True) for r in radii], axis=1)
+    return _counts(tree, q, radii)
+
+
+def _counts(tree: cKDTree, q: np.ndarray, radii: Sequence[float]) -> np.ndarray:
+    """Reference rows within each radius (distance <= r) of each query row."""
+    return np.stack([np.asarray(tree.query_ball_point(q, r=float(r), return_length=True, workers=-1), dtype=np.int64)
+                     for r in radii], axis=1)
 
 
 @dataclass
@@ -471,19 +499,19 @@ def coverage(train: np.ndarray, point: np.ndarray, reference: np.ndarray, scaler
              names: Sequence[str], k: int = 5, max_reference: int = MAX_REFERENCE, seed: int = 0) -> Coverage:
     """Coverage of ``point`` (P,) by the training targets (M, P), against validation targets (N, P).
 
-    One KDTree on the standardised training targets answers both the k-NN distances
-    (``KDTree.query``, the same numbers as :func:`knn_distances`) and the counts within radii.
+    One k-d tree (scipy's ``cKDTree``) on the standardised training targets answers both the k-NN distances
+    (the same numbers as :func:`knn_distances`) and the counts within radii.
     """
     tz = standardise(train, scaler)
     if k > len(tz):
         raise ValueError(f"need at least {k} training rows for k={k}, got {len(tz)}")
     rows = subsample(len(reference), max_reference, seed)
     q = np.vstack([standardise(np.asarray(point)[None], scaler), standardise(np.asarray(reference)[rows], scaler)])
-    tree = KDTree(tz)
-    dist = tree.query(q, k=k)[0].mean(axis=1)
+    tree = cKDTree(tz)
+    dist = tree.query(q, k=list(range(1, k + 1)), workers=-1)[0].mean(axis=1)
     d_point, d_ref = float(dist[0]), dist[1:]
     radii = np.quantile(d_ref, RADIUS_QUANTILES)
-    counts = np.stack([tree.query_radius(q, r=float(r), count_only=True) for r in radii], axis=1)
+    counts = _counts(tree, q, radii)
     count_pct = np.array([percentile_of(counts[1:, j], counts[0, j]) for j in range(len(radii))])
     return Coverage(k, d_point, d_ref, percentile_of(d_ref, d_point), radii, counts[0], counts[1:], count_pct,
                     parameter_ranges(train, point, names), rows)

@@ -56,6 +56,8 @@ MATERIAL_ADVANTAGE = 1.1
 # checkpoint); the parameter-vs-curve correlation and the nearest-neighbour baseline on at most these many.
 MAX_CURVE_SAMPLES = 64
 MAX_CORRELATION_SAMPLES = 120
+# diagnose shows which step it is on (a progress bar) when the predictions hold more than this many values
+PROGRESS_VALUES = 10_000_000
 
 CHECKPOINT_REQUIRED = ("pred", "target", "epoch", "val_loss")
 CHECKPOINT_OPTIONAL = ("train_target", "experiment_pred", "experiment_target", "experiment_curve", "param_names",
@@ -323,10 +325,32 @@ def _experiment_reference_curve(run: CheckpointRun) -> np.ndarray | None:
     return None
 
 
-def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
+class _Steps:
+    """A progress bar naming the step a long computation is on (tqdm; disabled: nothing shown)."""
+
+    def __init__(self, total: int, show: bool):
+        from tqdm import tqdm
+
+        self.bar, self.started = tqdm(total=total, unit="step", disable=not show), False
+
+    def next(self, what: str) -> None:
+        if self.started:
+            self.bar.update()
+        self.started = True
+        self.bar.set_description(what)
+
+    def close(self) -> None:
+        self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+
+
+def diagnose(run: CheckpointRun, params: Mapping[str, Any], progress: bool | None = None) -> Diagnosis:
     """All measurements of notebook 03 (see the module docstring of :mod:`helpers.checkpoint_divergence.checkpoints`),
     with the forward model ``run.forward`` (None: no curve-space measurements) and the settings
-    ``params["last_k"]``, ``params["k_neighbours"]`` and ``params["seed"]``."""
+    ``params["last_k"]``, ``params["k_neighbours"]`` and ``params["seed"]``. ``progress``: show the steps
+    (default: when ``pred`` holds more than PROGRESS_VALUES values)."""
+    steps = _Steps(6, run.pred.size > PROGRESS_VALUES if progress is None else progress)
+    steps.next(f"standardised errors of {run.n_checkpoints} checkpoints x {run.n:,} samples")
     forward = run.forward
     last_k, k_neighbours, seed = params["last_k"], params["k_neighbours"], params["seed"]
     if run.train_target is not None:
@@ -342,6 +366,7 @@ def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
     d.codes = ck.profile_codes(run.n, run.repeat_id)
 
     # the experiment across checkpoints, in parameter and in curve space
+    steps.next("the experiment's errors against the noise floor")
     ref_curve = _experiment_reference_curve(run)
     if run.has_experiment:
         if run.experiment_target is not None:
@@ -370,12 +395,14 @@ def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
         d.location = ck.ensemble(run.experiment_pred, last_k, "median")
         d.location_source = f"median prediction of the last {last_k} checkpoints (no 'experiment_target')"
     if d.location is not None and run.train_target is not None:
+        steps.next(f"coverage: k-d tree of {len(run.train_target):,} training targets, neighbours and counts")
         d.coverage = ck.coverage(run.train_target, d.location, run.target, scaler, run.param_names, k=k_neighbours,
                                  seed=seed)
         d.raw_distance = float(ck.knn_distances(run.train_target, d.location[None], k_neighbours)[0])
         d.coverage_effect = ck.coverage_effect(err[ref], d.coverage, d.codes, percentile=SPARSE_PERCENTILE)
 
     # selection on the test case: what of a per-sample advantage is noise, specific to the profile, regional
+    steps.next("selection on the test case: neighbouring profiles and repeats")
     d.selection = ck.selection_by_neighbours(err, target_z, ref, k=k_neighbours, seed=seed, groups=d.codes)
     if run.repeat_id is not None and pd.Series(run.repeat_id).duplicated().any():
         d.selection_repeats = ck.selection_by_repeats(err, run.repeat_id, ref, seed=seed)
@@ -385,6 +412,7 @@ def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
                                       d.ideal, d.codes[d.space_rows], k=k_neighbours)
 
     # per-parameter errors by bin at the val-best checkpoint
+    steps.next("errors by bin and sensitivity")
     d.bins = ck.error_by_bin(run.pred[ref], run.target, scale, run.param_names, bins=4, point=d.location)
 
     # sensitivity of the curve to each parameter at the experiment, and parameter vs curve error
@@ -398,8 +426,10 @@ def diagnose(run: CheckpointRun, params: Mapping[str, Any]) -> Diagnosis:
         d.correlation = ck.error_correlation(err[ref, cols], curve_err)
         d.error_pairs = pd.DataFrame({"parameter_error": err[ref, cols], "curve_error": curve_err})
 
+    steps.next("remedies: ensembles, weight average, k-NN baseline")
     d.remedies = remedies(d, seed)
     _ensemble_gain(d, seed)
+    steps.close()
     return d
 
 

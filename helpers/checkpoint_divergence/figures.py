@@ -6,7 +6,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from helpers.checkpoint_divergence import checkpoints as ck
 from helpers.checkpoint_divergence.diagnosis import Diagnosis
+
+# the training scatter of the coverage figure draws at most this many points (a seeded subsample, said in its
+# legend): a million points take half a minute to draw and look the same
+MAX_SCATTER = 20_000
 
 
 def errors_across_checkpoints(d: Diagnosis) -> plt.Figure:
@@ -49,7 +54,10 @@ def coverage(d: Diagnosis) -> plt.Figure:
     axes[1].invert_yaxis()
     extreme = (r["percentile"] - 50).abs().sort_values(ascending=False).index[:2].tolist()
     i, j = (run.param_names.index(n) for n in extreme)
-    axes[2].scatter(run.train_target[:, i], run.train_target[:, j], s=3, color="0.6", label="training")
+    m = len(run.train_target)
+    rows = ck.subsample(m, MAX_SCATTER)
+    shown = "training" if len(rows) == m else f"training ({len(rows):,} of {m:,} shown)"
+    axes[2].scatter(run.train_target[rows, i], run.train_target[rows, j], s=3, color="0.6", label=shown)
     axes[2].scatter([d.location[i]], [d.location[j]], marker="*", s=250, color="C3", label="experiment")
     axes[2].set(xlabel=extreme[0], ylabel=extreme[1])
     axes[2].legend(fontsize="small")

@@ -46,6 +46,8 @@ INACTIVE_SHARE_MAX = 0.25
 ACTIVE_THRESHOLD = rep.BURDA_THRESHOLD
 # logvar above this is refused: exp(logvar) would overflow float64 (e**709.8 is its largest value)
 MAX_LOGVAR = 700.0
+# diagnose shows a progress bar (which encoder, which step) when the arrays hold more than this many values
+PROGRESS_VALUES = 10_000_000
 
 FINDING_IDS = ("representation_collapse", "dimensional_collapse", "sampling_noise_dominates",
                "stochasticity_collapsed", "inactive_units")
@@ -208,6 +210,7 @@ class Measurements:
     active: rep.ActiveUnits
     kl_per_dim: np.ndarray | None
     source: dict[str, float]
+    mean_posterior_var: float | None = None  # mean of exp(logvar) over every value (None: no logvar)
 
     @property
     def rank_share(self) -> float:
@@ -254,6 +257,7 @@ def measure(run: EncoderRun) -> Measurements:
         active=rep.active_units(run.z, run.logvar, run.z_samples, ACTIVE_THRESHOLD),
         kl_per_dim=rep.kl_per_dim(run.z, run.logvar) if run.logvar is not None else None,
         source=source,
+        mean_posterior_var=float(rep.mean_exp(run.logvar, axis=None)) if run.logvar is not None else None,
     )
 
 
@@ -321,7 +325,8 @@ def stochasticity_collapsed(m: Measurements) -> Finding:
           "posterior_sd_over_spread": float(np.sqrt(share / (1 - share))) if share < 1 else float("inf"),
           "threshold": STOCHASTIC_SHARE_MIN}
     if m.run.logvar is not None:
-        ev["mean_posterior_var"] = float(np.exp(rep.flatten(m.run.logvar).astype(float)).mean())
+        ev["mean_posterior_var"] = (m.mean_posterior_var if m.mean_posterior_var is not None
+                                    else float(rep.mean_exp(m.run.logvar, axis=None)))
     if share < STOCHASTIC_SHARE_MIN:
         return Finding(fid, "detected", "warning",
                        f"sampling is {share:.1%} of the embedding variance (< {STOCHASTIC_SHARE_MIN:.0%}): the variational encoder has collapsed to a deterministic one.", ev)
@@ -517,12 +522,29 @@ class Diagnosis:
     centroid_cosines_centred: np.ndarray
 
 
-def diagnose(run: Run, params: Mapping[str, Any]) -> Diagnosis:
+def _size(r: EncoderRun) -> int:
+    return sum(a.size for a in (r.z, r.z_samples, r.logvar) if a is not None)
+
+
+def diagnose(run: Run, params: Mapping[str, Any], progress: bool | None = None) -> Diagnosis:
     """Measure every encoder of ``run``; decide on the main one (``params["seed"]`` picks the
-    centroids compared when there are too many puzzles)."""
-    measured = {name: measure(r) for name, r in run.encoders.items()}
+    centroids compared when there are too many puzzles). ``progress``: a progress bar naming the step
+    (default: when the encoders' arrays hold more than PROGRESS_VALUES values)."""
+    from tqdm import tqdm
+
+    show = sum(_size(r) for r in run.encoders.values()) > PROGRESS_VALUES if progress is None else progress
+    bar = tqdm(total=len(run.encoders) + 1, unit="step", disable=not show)
+    measured = {}
+    for name, r in run.encoders.items():
+        bar.set_description(f"{name}: variance decomposition, units, KL ({r.n:,} inputs x {r.n_units} units)")
+        measured[name] = measure(r)
+        bar.update()
     main = measured[run.main.name]
     z, group, seed = run.main.z, run.main.group, params["seed"]
+    bar.set_description("centroid cosines")
+    c, _ = rep.centroids(z, group)  # once for both kinds of cosine
+    bar.update()
+    bar.close()
     return Diagnosis(main, measured, decision(main, findings_of(main)),
-                     rep.centroid_cosines(z, group, center=False, seed=seed),
-                     rep.centroid_cosines(z, group, center=True, seed=seed))
+                     rep.centroid_cosines(z, group, center=False, seed=seed, c=c),
+                     rep.centroid_cosines(z, group, center=True, seed=seed, c=c))

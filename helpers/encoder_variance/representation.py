@@ -17,7 +17,10 @@ scale-free, raw variances are not.
 
 Everything is computed from one centred Gram matrix and one pass of group sums,
 so 10^6 x 256 embeddings cost about one ``numpy.cov``. A (N, T, D) embedding is
-flattened to (N, T*D): every token coordinate is one unit.
+flattened to (N, T*D): every token coordinate is one unit. Statistics computed in
+float64 from float32 arrays go a chunk of rows at a time (:data:`CHUNK_BYTES`), so
+their temporaries stay small whatever the run's size; a run that fits in one chunk
+(the sample's) is computed in one pass, exactly as the formulas read.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from sklearn.metrics.pairwise import cosine_similarity
 RANKME_EPS = 1e-7
 # Burda et al. (2016): a unit is active if the variance over inputs of its posterior mean exceeds 0.01.
 BURDA_THRESHOLD = 0.01
+# float64 temporaries of a row-wise statistic hold at most this many bytes at a time (row_chunks)
+CHUNK_BYTES = 32 * 2**20
 
 
 # --------------------------------------------------------------------------- shapes and groups
@@ -59,6 +64,56 @@ def group_sums(x: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
     out = torch.zeros((n_groups, x.shape[1]), dtype=torch.from_numpy(x[:0]).dtype)
     out.index_add_(0, torch.from_numpy(np.ascontiguousarray(codes)), torch.from_numpy(x))
     return out.numpy()
+
+
+def group_sums_f64(x: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """:func:`group_sums` accumulated in float64, converting ``x`` a chunk of rows at a time."""
+    chunks = row_chunks(len(x), x.shape[1])
+    if len(chunks) == 1:
+        return group_sums(np.asarray(x, dtype=np.float64), codes, n_groups)
+    out = torch.zeros((n_groups, x.shape[1]), dtype=torch.float64)
+    for sl in chunks:
+        out.index_add_(0, torch.from_numpy(np.ascontiguousarray(codes[sl])),
+                       torch.from_numpy(np.asarray(x[sl], dtype=np.float64)))
+    return out.numpy()
+
+
+# --------------------------------------------------------------------------- statistics a chunk of rows at a time
+def row_chunks(n: int, row_elements: int) -> list[slice]:
+    """Slices of ``n`` rows whose float64 temporaries of ``row_elements`` values per row fit in CHUNK_BYTES."""
+    step = max(1, CHUNK_BYTES // max(1, 8 * row_elements))
+    return [slice(a, min(a + step, n)) for a in range(0, n, step)] or [slice(0, 0)]
+
+
+def mean_rows(fn, n: int, row_elements: int, axis: int | None = 0):
+    """The mean over rows (``axis=0``) or over every element (``axis=None``) of ``fn(rows)``, a float64
+    array computed for one slice of rows at a time (:func:`row_chunks`). One chunk: ``fn(all).mean(axis)``."""
+    chunks = row_chunks(n, row_elements)
+    if len(chunks) == 1:
+        return fn(chunks[0]).mean(axis=axis)
+    total, count = 0.0, 0
+    for sl in chunks:
+        part = fn(sl)
+        total = total + part.sum(axis=axis)
+        count += len(part) if axis == 0 else part.size
+    return total / count
+
+
+def var_rows(x: np.ndarray, ddof: int = 1) -> np.ndarray:
+    """Variance over rows of each column of a 2-d array, in float64 (``x.var(axis=0, ddof, dtype=float64)``)."""
+    n, f = x.shape
+    chunks = row_chunks(n, f)
+    if len(chunks) == 1:
+        return x.var(axis=0, ddof=ddof, dtype=np.float64)
+    mu = mean_rows(lambda sl: np.asarray(x[sl], dtype=np.float64), n, f)
+    ss = sum(np.square(np.asarray(x[sl], dtype=np.float64) - mu).sum(axis=0) for sl in chunks)
+    return ss / (n - ddof)
+
+
+def mean_exp(logvar, axis: int | None = 0):
+    """Mean posterior variance ``exp(logvar)`` per unit (``axis=0``) or over every value (``axis=None``)."""
+    lv = flatten(logvar)
+    return mean_rows(lambda sl: np.exp(np.asarray(lv[sl], dtype=np.float64)), len(lv), lv.shape[1], axis)
 
 
 # --------------------------------------------------------------------------- the decomposition
@@ -172,7 +227,7 @@ def decompose(z, group, z_samples=None, logvar=None) -> VarianceDecomposition:
     if z_samples is not None:
         sampling_d, source = sampling_variance(z_samples), "z_samples"
     elif logvar is not None:
-        sampling_d, source = np.exp(flatten(logvar).astype(np.float64)).mean(axis=0), "logvar"
+        sampling_d, source = mean_exp(logvar), "logvar"
     else:
         sampling_d, source = nan_f, "none"
 
@@ -191,7 +246,7 @@ def sampling_variance(z_samples) -> np.ndarray:
     s = flatten(z_samples, lead=2)
     if s.shape[1] < 2:
         raise ValueError("z_samples needs R >= 2 passes per input")
-    return s.var(axis=1, ddof=1, dtype=np.float64).mean(axis=0)
+    return mean_rows(lambda sl: s[sl].var(axis=1, ddof=1, dtype=np.float64), len(s), s.shape[1] * s.shape[2])
 
 
 # --------------------------------------------------------------------------- spectrum and rank
@@ -229,17 +284,20 @@ def centroids(z, group) -> tuple[np.ndarray, np.ndarray]:
     x = flatten(z)
     codes, uniques = group_codes(group)
     counts = np.bincount(codes, minlength=len(uniques)).astype(np.float64)
-    return group_sums(x.astype(np.float64), codes, len(uniques)) / counts[:, None], uniques
+    return group_sums_f64(x, codes, len(uniques)) / counts[:, None], uniques
 
 
-def centroid_cosines(z, group, center: bool = False, max_groups: int | None = 2000, seed: int = 0) -> np.ndarray:
+def centroid_cosines(z, group, center: bool = False, max_groups: int | None = 2000, seed: int = 0,
+                     c: np.ndarray | None = None) -> np.ndarray:
     """Cosine similarities of all pairs of group centroids (upper triangle, sklearn).
 
     ``center=True`` subtracts the grand mean first (the raw cosine of embeddings
     that share a large offset is close to 1 whatever the puzzles). With more than
-    ``max_groups`` groups a seeded random subset of groups is used.
+    ``max_groups`` groups a seeded random subset of groups is used. ``c``: the
+    centroids already computed (:func:`centroids` of the same ``z`` and ``group``).
     """
-    c, _ = centroids(z, group)
+    if c is None:
+        c, _ = centroids(z, group)
     if center:
         c = c - flatten(z).mean(axis=0, dtype=np.float64)
     if max_groups is not None and len(c) > max_groups:
@@ -283,9 +341,9 @@ class ActiveUnits:
 def active_units(z, logvar=None, z_samples=None, threshold: float = BURDA_THRESHOLD) -> ActiveUnits:
     """Active units from the posterior means ``z`` (and the posterior variance, if known)."""
     x = flatten(z)
-    var_mean = x.var(axis=0, ddof=1, dtype=np.float64) if len(x) > 1 else np.zeros(x.shape[1])
+    var_mean = var_rows(x, ddof=1) if len(x) > 1 else np.zeros(x.shape[1])
     if logvar is not None:
-        noise = np.exp(flatten(logvar).astype(np.float64)).mean(axis=0)
+        noise = mean_exp(logvar)
     elif z_samples is not None:
         noise = sampling_variance(z_samples)
     else:
@@ -302,21 +360,29 @@ def kl_per_dim(z, logvar) -> np.ndarray:
     but from logvar itself: a collapsed posterior whose exp(logvar / 2) underflows to 0 still has a
     finite KL (torch.distributions.Normal refuses a scale of 0).
     """
-    mu = flatten(z).astype(np.float64)
-    lv = flatten(logvar).astype(np.float64)
-    return (0.5 * (mu * mu + np.exp(lv) - 1.0 - lv)).mean(axis=0)
+    z, logvar = flatten(z), flatten(logvar)
+
+    def kl(sl: slice) -> np.ndarray:
+        mu = np.asarray(z[sl], dtype=np.float64)
+        lv = np.asarray(logvar[sl], dtype=np.float64)
+        return 0.5 * (mu * mu + np.exp(lv) - 1.0 - lv)
+
+    return mean_rows(kl, len(z), 4 * z.shape[1])
 
 
 # --------------------------------------------------------------------------- the source's metrics
 def source_within_as_written(z_samples) -> float:
     """The source's "within-puzzle variance": mean squared difference of two passes of the same
     inputs. For independent passes its expectation is twice the sampling variance."""
-    s = flatten(z_samples, lead=2).astype(np.float64)
-    return float(((s[:, 0] - s[:, 1]) ** 2).mean())
+    s = flatten(z_samples, lead=2)
+    return float(mean_rows(lambda sl: (s[sl, 0].astype(np.float64) - s[sl, 1].astype(np.float64)) ** 2,
+                           len(s), 3 * s.shape[2], axis=None))
 
 
 def source_cross_sample_as_written(x) -> float:
     """The source's "cross-sample variance": mean squared deviation from the batch mean over all
     elements (ddof=0) of one (sampled) pass: between + within + sampling noise, all mixed."""
-    a = flatten(x).astype(np.float64)
-    return float(((a - a.mean(axis=0, keepdims=True)) ** 2).mean())
+    a = flatten(x)
+    n, f = a.shape
+    mu = mean_rows(lambda sl: a[sl].astype(np.float64), n, f)
+    return float(mean_rows(lambda sl: (a[sl].astype(np.float64) - mu[None]) ** 2, n, 2 * f, axis=None))

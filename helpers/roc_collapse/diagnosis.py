@@ -56,6 +56,8 @@ PATIENCE = 2  # early stopping on partial AUC
 TAIL_SHARE = 0.01  # paired_control_shortcut: the top 1% of negatives
 PAIR_ALPHA = 0.01
 WORKER_REPEAT_SHARE = 0.01
+# diagnose shows a progress bar (which epoch and ranking it is on) for runs of more than this many rows
+PROGRESS_ROWS = 2_000_000
 
 
 # --------------------------------------------------------------------------- inputs
@@ -100,6 +102,12 @@ def _rates(name: str, values: list, allow_empty: bool = False) -> list[float]:
 
 def load_scores(param: str, value) -> pd.DataFrame:
     """The per-epoch scores table: epoch, label, score and/or logit; optional pair_id, sample_id."""
+    return _load_scores(param, value)[0]
+
+
+def _load_scores(param: str, value) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """(:func:`load_scores`, the mask of rows repeating an earlier row's (epoch, sample_id) or None without
+    sample_id): the one hashing of the keys that the label check and :func:`drop_repeats` both read."""
     path = resolve_path(param, value, (".parquet", ".csv"))
     optional = {"score": "float", "logit": "float", "sample_id": "key"}
     df = load_table(param, path, {"epoch": "count", "label": "binary"}, optional)
@@ -122,7 +130,8 @@ def load_scores(param: str, value) -> pd.DataFrame:
         if r["sum"] == 0 or r["sum"] == r["size"]:
             what = "positives" if r["sum"] == 0 else "negatives"
             raise InputError(param, f"epoch {e} has no {what}: the ROC needs both classes", path)
-    if "sample_id" in df.columns:
+    dup = _repeated_keys(df) if "sample_id" in df.columns else None
+    if dup is not None and dup.any():  # a label can only change where a sample is scored twice in an epoch
         labels = df.groupby(["epoch", "sample_id"], sort=False)["label"].nunique()
         if (labels > 1).any():
             e, sid = labels.index[int(np.argmax(labels.to_numpy() > 1))]
@@ -131,10 +140,28 @@ def load_scores(param: str, value) -> pd.DataFrame:
             more = f" ({n} samples have both)" if n > 1 else ""
             raise InputError(param, f"sample_id {sid!r} has both labels in epoch {e}{more}: a sample's label cannot "
                                     "change within an epoch", path)
-    return df.sort_values("epoch", kind="stable").reset_index(drop=True)
+    if df["epoch"].is_monotonic_increasing:  # already in epoch order: no sorted copy of the table
+        return df.reset_index(drop=True), dup
+    order = np.argsort(df["epoch"].to_numpy(), kind="stable")  # the order sort_values(kind="stable") gives
+    # within an epoch rows keep their order, so the first copy of an (epoch, sample_id) stays the first
+    return df.take(order).reset_index(drop=True), None if dup is None else dup[order]
 
 
-def drop_repeats(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _repeated_keys(df: pd.DataFrame) -> np.ndarray:
+    """``df.duplicated(["epoch", "sample_id"])`` as an array. Integer ids in a compact range are first checked
+    by counting (no hashing of every pair): when no pair repeats, as in most runs, the mask is all False."""
+    ids, epoch = np.asarray(df["sample_id"].to_numpy()), df["epoch"].to_numpy()  # epochs: integers >= 0
+    if ids.dtype.kind in "iu" and len(df):
+        lo, e_lo = ids.min(), epoch.min()
+        span, e_span = int(ids.max()) - int(lo) + 1, int(epoch.max()) - int(e_lo) + 1
+        if e_span * span <= 4 * len(df):
+            key = (epoch - e_lo).astype(np.int64) * span + (ids - lo).astype(np.int64)
+            if np.bincount(key).max() <= 1:
+                return np.zeros(len(df), dtype=bool)
+    return df.duplicated(["epoch", "sample_id"]).to_numpy()
+
+
+def drop_repeats(df: pd.DataFrame, dup: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """(the scores with one row per (epoch, sample_id), the rows as given or None when nothing repeats).
 
     An evaluation loader that repeats samples (an IterableDataset not sharded by worker, sampler
@@ -143,10 +170,11 @@ def drop_repeats(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """
     if "sample_id" not in df.columns:
         return df, None
-    dup = df.duplicated(["epoch", "sample_id"])
+    if dup is None:  # ``dup``: this mask, already computed (_load_scores)
+        dup = df.duplicated(["epoch", "sample_id"]).to_numpy()
     if not dup.any():
         return df, None
-    return df[~dup.to_numpy()].reset_index(drop=True), df
+    return df[~dup].reset_index(drop=True), df
 
 
 def load_inputs(params: Mapping) -> tuple[dict, Run]:
@@ -164,7 +192,7 @@ def load_inputs(params: Mapping) -> tuple[dict, Run]:
     check_range("seed", p["seed"], 0, None)
     check_range("callable_timeout", p["callable_timeout"], 0.1, None)
     dropped = drop_sample_companions(p, NOTEBOOK, ["scores"], ["history", "seen_ids", "roc_function"])
-    scores, as_given = drop_repeats(load_scores("scores", p["scores"]))
+    scores, as_given = drop_repeats(*_load_scores("scores", p["scores"]))
     history = load_history("history", p["history"]) if p["history"].strip() else None
     seen = None
     if p["seen_ids"].strip():
@@ -253,9 +281,12 @@ def _epoch_measure(y, s, keys, fpr_targets, n_boot, seed, source) -> tuple[list,
     return rows, audit, intervals
 
 
-def diagnose(run: Run, params: Mapping) -> Diagnosis:
+def diagnose(run: Run, params: Mapping, progress: bool | None = None) -> Diagnosis:
     """All measurements of notebook 04, with the parameters ``fpr_targets``, ``tpr_targets``,
-    ``n_bootstrap`` and ``seed`` (as :func:`load_inputs` returns them)."""
+    ``n_bootstrap`` and ``seed`` (as :func:`load_inputs` returns them). ``progress``: a progress bar over the
+    epochs (default: for runs of more than PROGRESS_ROWS rows)."""
+    from tqdm import tqdm
+
     df = run.scores
     fpr_targets, tpr_targets = list(params["fpr_targets"]), list(params["tpr_targets"])
     n_boot, seed = params["n_bootstrap"], params["seed"]
@@ -263,9 +294,12 @@ def diagnose(run: Run, params: Mapping) -> Diagnosis:
     sources = [s for s, ok in (("score", run.has_scores), ("logit", run.has_logits)) if ok]
     values, audits, logit_audits, intervals = [], [], [], []
     epochs = sorted(df["epoch"].unique().tolist())
+    show = len(df) > PROGRESS_ROWS if progress is None else progress
+    bar = tqdm(total=len(epochs) * len(sources), unit="ROC", disable=not show)
     for e, g in df.groupby("epoch", sort=True):
         y = g["label"].to_numpy()
         for src in sources:
+            bar.set_description(f"epoch {e}: ROC, ties and intervals on the {src}s")
             s = g[src].to_numpy()
             rows, audit, b = _epoch_measure(y, s, keys, fpr_targets, n_boot, seed + int(e), src)
             values += [{"epoch": int(e), **r} for r in rows]
@@ -278,6 +312,8 @@ def diagnose(run: Run, params: Mapping) -> Diagnosis:
                 audits.append(audit)
             else:
                 logit_audits.append(audit)
+            bar.update()
+    bar.close()
     last = df[df["epoch"] == epochs[-1]]
     n_pos, n_neg = int(last["label"].sum()), int(len(last) - last["label"].sum())
     audit = pd.DataFrame(audits)
@@ -338,7 +374,7 @@ def eval_repeats(run: Run, keys, fpr_targets, source: str) -> tuple[dict, pd.Dat
     counted both ways.
     """
     given = run.scores if run.scores_as_given is None else run.scores_as_given
-    per_epoch = la.multiplicity(given[["epoch", "sample_id"]])
+    per_epoch = la.multiplicity(given[["epoch", "sample_id"]], distinct=run.scores_as_given is None)
     out = {"rows": int(len(given)), "distinct_rows": int(len(run.scores)),
            "mean_multiplicity": float(len(given) / len(run.scores)),
            "max_multiplicity": int(per_epoch["max_multiplicity"].max()),

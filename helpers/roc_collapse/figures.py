@@ -71,6 +71,26 @@ def top_levels(scores: pd.DataFrame, epoch: int, source: str = "score", levels: 
     return fig
 
 
+# a ROC step curve is drawn through at most about this many points (steps_to_draw)
+MAX_STEP_POINTS = 8000
+
+
+def steps_to_draw(fpr: np.ndarray, tpr: np.ndarray, max_points: int = MAX_STEP_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a ROC step curve to draw on a log FPR axis from 1e-6: all of them up to ``max_points``;
+    beyond, the first and the last point of each of ``max_points // 2`` equal bins of log FPR, so every
+    vertical extent is kept and only steps narrower than a bin (under a pixel) merge. A million distinct
+    scores would otherwise take half a minute to draw."""
+    fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+    if len(fpr) <= max_points:
+        return fpr, tpr
+    x = np.log10(np.maximum(fpr, 1e-6))
+    span = x[-1] - x[0]
+    bins = np.floor((x - x[0]) / span * (max_points // 2 - 1)).astype(np.int64) if span > 0 else np.zeros(len(x), int)
+    edge = np.flatnonzero(np.diff(bins))
+    keep = np.unique(np.r_[0, edge, edge + 1, len(fpr) - 1])
+    return fpr[keep], tpr[keep]
+
+
 def roc_low_fpr(scores: pd.DataFrame, epochs: list[int], sources: list[str], fpr_targets) -> plt.Figure:
     """ROC curves on a log FPR axis for a few epochs, on scores and on logits."""
     fig, ax = plt.subplots()
@@ -78,7 +98,8 @@ def roc_low_fpr(scores: pd.DataFrame, epochs: list[int], sources: list[str], fpr
         g = scores[scores["epoch"] == e]
         for src, ls in zip(sources, ("-", "--"), strict=False):
             c = lf.curve(g["label"].to_numpy(), g[src].to_numpy())
-            ax.step(np.maximum(c.fpr, 1e-6), c.tpr, where="post", color=f"C{i}", ls=ls, label=f"epoch {e}, {src}")
+            fpr, tpr = steps_to_draw(np.maximum(c.fpr, 1e-6), c.tpr)
+            ax.step(fpr, tpr, where="post", color=f"C{i}", ls=ls, label=f"epoch {e}, {src}")
     for t in fpr_targets:
         ax.axvline(t, color="k", lw=0.8, ls=":")
     ax.set_xscale("log")

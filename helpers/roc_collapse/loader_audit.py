@@ -13,8 +13,20 @@ import numpy as np
 import pandas as pd
 
 
-def multiplicity(seen: pd.DataFrame) -> pd.DataFrame:
-    """Per epoch: rows, distinct samples, how often each was yielded (mean, max), passes over the data."""
+def multiplicity(seen: pd.DataFrame, distinct: bool = False) -> pd.DataFrame:
+    """Per epoch: rows, distinct samples, how often each was yielded (mean, max), passes over the data.
+
+    ``distinct``: the caller knows no (epoch, sample_id) repeats (each sample once per epoch), so the
+    table is read from the rows per epoch without counting every pair.
+    """
+    if distinct:
+        rows = seen.groupby("epoch", sort=True).size()
+        one = pd.Series(1, index=rows.index, dtype=rows.dtype)
+        per_epoch = pd.DataFrame({"distinct_samples": rows, "rows": rows, "mean_multiplicity": one.astype(float),
+                                  "max_multiplicity": one, "min_multiplicity": one,
+                                  "share_repeated": (one * 0).astype(float)})
+        per_epoch["passes"] = per_epoch["rows"] / per_epoch["distinct_samples"]
+        return per_epoch.reset_index()
     counts = seen.groupby(["epoch", "sample_id"], sort=True).size()
     per_epoch = counts.groupby(level="epoch").agg(
         distinct_samples="size", rows="sum", mean_multiplicity="mean", max_multiplicity="max",
