@@ -6,7 +6,7 @@ import html
 import json
 import math
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from sklearn.metrics import mean_squared_error
 from sklearn.model_selection import train_test_split
 
 from helpers.augmentation_leakage import diagnosis as dx
-from helpers.findings import SAMPLE_BANNER, what_to_change
+from helpers.findings import SAMPLE_BANNER, jsonable, what_to_change
 from helpers.io import InputError
 
 SAMPLE = "data_samples/05_augmentation_leakage/"
@@ -339,3 +339,24 @@ def test_feature_columns_as_text(tmp_path):
     assert p["feature_columns"] == ["bmi", "bp"] and run.features == ["bmi", "bp"]
     p, run = dx.load_inputs(params(samples=str(tmp_path / "s.parquet"), feature_columns=""))
     assert p["feature_columns"] == [] and "bmi" in run.features
+
+
+def test_a_variant_diagnosed_with_reuse_reads_the_same_search_and_gives_the_same_findings(tmp_path):
+    """``dx.diagnose(variant, params, reuse=diag)``: the variant's findings and metrics are those of a fresh
+    diagnosis (re-split by parent, parent ids dropped), without searching again; other rows are refused."""
+    df, feats = diabetes_frame(copies=5, noise=0.02)
+    df.to_parquet(tmp_path / "s.parquet")
+    r = pipeline(dx, samples=str(tmp_path / "s.parquet"), output_dir=str(tmp_path / "out"), **with_losses(df, feats))
+    resplit = r.run.samples.assign(split=np.where(r.run.samples["parent_id"] % 5 == 0, "val", "train"))
+    for samples in (resplit, r.run.samples.drop(columns=["parent_id", "is_augmented"])):
+        variant = replace(r.run, samples=samples)
+        reused, fresh = dx.diagnose(variant, r.params, reuse=r.diagnosis), dx.diagnose(variant, r.params)
+        assert reused.scan.link is r.diagnosis.scan.link
+        assert jsonable([asdict(f) for f in dx.findings(reused)]) == jsonable([asdict(f) for f in dx.findings(fresh)])
+        assert jsonable(dx.metrics(reused)) == jsonable(dx.metrics(fresh))
+    with pytest.raises(ValueError, match="reuse"):
+        dx.diagnose(replace(r.run, samples=r.run.samples.iloc[:-1]), r.params, reuse=r.diagnosis)
+    with pytest.raises(ValueError, match="reuse"):
+        moved = r.run.samples.copy()
+        moved.loc[0, feats[0]] += 1.0
+        dx.diagnose(replace(r.run, samples=moved), r.params, reuse=r.diagnosis)

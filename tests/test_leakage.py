@@ -215,3 +215,142 @@ def test_split_distances_from_the_neighbour_lists_match_a_brute_force_search():
     other = groups[train][None, :] != groups[train][nearest][:, None]
     np.testing.assert_allclose(d1, dist.min(axis=1), atol=1e-4)
     np.testing.assert_allclose(outside, np.where(other, dist, np.inf).min(axis=1), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the pool's one all-pairs search
+def _brute(x, k):
+    """scikit-learn's brute-force k nearest *other* rows (X=None leaves each row out)."""
+    return NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x.astype(np.float64)).kneighbors()
+
+
+def _tied_rows(n=600, d=6, seed=7):
+    """Gaussian rows with exact repeats (a triple and pairs) and near-copies (noise 1e-3)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[1] = x[2] = x[0]  # a triple of ties
+    x[10:20] = x[20:30]  # ten exact pairs
+    x[40:60] = x[60:80] + rng.normal(0, 1e-3, (20, d)).astype(np.float32)  # near-copies
+    return x
+
+
+def test_exact_pool_search_is_sklearns_brute_force_with_ties_and_repeats_at_zero():
+    x = _tied_rows()
+    d, i = lk.knn_join(x, 8, lk.one_list(len(x)))
+    d_ref, i_ref = _brute(x, 9)  # one more, to see ties at the end of the lists
+    np.testing.assert_allclose(d, d_ref[:, :8], atol=1e-5)
+    gap = np.diff(d_ref, axis=1)
+    tied = (np.r_["1", np.ones((len(x), 1)), gap] < 1e-9) | (np.r_["1", gap, np.ones((len(x), 1))] < 1e-9)
+    untied = ~tied[:, :8]
+    assert (i[untied] == i_ref[:, :8][untied]).all()  # the same rows wherever the distance is not tied
+    assert d[0, :2].tolist() == [0.0, 0.0] and set(i[0, :2]) == {1, 2}  # repeats exactly 0, never the row itself
+    assert (d[10:30, 0] == 0).all() and (i != np.arange(len(x))[:, None]).all()
+    # a subset of rows as queries gives their rows of the full search (distances to float32 rounding: the
+    # products' blocks differ; near-copies and repeats are recomputed from their differences, exactly)
+    dq, iq = lk.knn_join(x, 8, lk.one_list(len(x)), np.arange(5, 50, 5))
+    np.testing.assert_allclose(dq, d[5:50:5], rtol=1e-5)
+    near = d[5:50:5] < 0.01
+    assert near.sum() >= 6 and (dq[near] == d[5:50:5][near]).all()
+
+
+def test_kmeans_list_search_finds_the_near_copies_and_never_reports_a_row_closer_than_it_is():
+    """k-means lists (approximate): every near-copy's nearest neighbour found; every reported distance is the
+    true distance to the row it names (sklearn), so a miss is farther, never closer."""
+    rng = np.random.default_rng(8)
+    parents = rng.normal(size=(3000, 12)).astype(np.float32)
+    x = np.vstack([parents, parents[:2000] + rng.normal(0, 0.01, (2000, 12)).astype(np.float32)])
+    lists = lk.ivf_lists(x, seed=0)
+    assert not lists.exact and lists.probes.shape[1] == lk.JOIN_PROBES and (lists.probes[:, 0] >= 0).all()
+    d, i = lk.knn_join(x, 5, lists)
+    d_ref, i_ref = _brute(x, 5)
+    copied = np.r_[np.arange(2000), np.arange(3000, 5000)]
+    tol = 1e-5 * d_ref[:, :1] + 1e-6  # float32 products' rounding of ordinary distances
+    assert np.mean(d[copied, 0] <= d_ref[copied, 0] + 1e-6) >= 0.999  # a near-copy: found
+    assert np.mean(d[:, :1] <= d_ref[:, :1] + tol) >= 0.9
+    found = i >= 0
+    true = np.linalg.norm(x[np.clip(i, 0, None)] - x[:, None, :], axis=2)
+    np.testing.assert_allclose(d[found], true[found], atol=1e-5)
+    assert (d[:, :1] >= d_ref[:, :1] - tol).all() and (np.diff(d, axis=1) >= 0).all()
+    # the same inputs, the same lists
+    d2, i2 = lk.knn_join(x, 5, lk.ivf_lists(x, seed=0))
+    np.testing.assert_array_equal(i, i2)
+
+
+def test_rows_without_a_near_copy_are_searched_again_in_more_lists():
+    """The ordinary rows' nearest neighbours (no near-copy) are often missed by a few lists' search; the second
+    search in more lists finds most of them, and searches those rows only."""
+    rng = np.random.default_rng(9)
+    parents = rng.normal(size=(1500, 16)).astype(np.float32)
+    x = np.vstack([parents, np.repeat(parents[:1200], 3, axis=0) + rng.normal(0, 0.01, (3600, 16)).astype(np.float32)])
+    link = lk.link_rows(x, exact=False, seed=0)
+    ordinary = np.arange(1200, 1500)  # the parents without copies
+    once = lk.knn_join(link.z, link.idx.shape[1], link.lists, ordinary)[0][:, 0]  # their first search
+    z_ref = _brute(link.z, 1)[0][:, 0]
+    assert link.radius > 0 and not link.exact
+    tol = 1e-5 * z_ref + 1e-6  # float32 products' rounding of ordinary distances
+    assert np.mean(link.dist[ordinary, 0] <= (z_ref + tol)[ordinary]) > np.mean(once <= (z_ref + tol)[ordinary]) + 0.2
+    assert np.mean(link.dist[:, 0] <= z_ref + tol) >= 0.97
+
+
+def test_nearest_two_groups_is_a_brute_force_over_candidates_with_repeats_across_groups():
+    x = _tied_rows(300, 4)
+    groups = np.arange(len(x)) // 3
+    groups[1] = groups[0]  # rows 0-2 repeat each other; 2 in another group
+    cand = np.random.default_rng(1).random(len(x)) < 0.7
+    rows = np.arange(0, 300, 7)
+    d1, g1, d2 = lk.nearest_two_groups(x, rows, cand, groups, lk.one_list(len(x)))
+    full = np.linalg.norm(x[rows][:, None].astype(np.float64) - x[None].astype(np.float64), axis=2)
+    full[:, ~cand] = np.inf
+    best = full.argmin(axis=1)
+    np.testing.assert_allclose(d1, full.min(axis=1), atol=1e-6)
+    assert (groups[best] == g1).all() | np.isclose(full.min(axis=1), np.sort(full, axis=1)[:, 1]).any()
+    other = np.where(groups[None, :] != g1[:, None], full, np.inf).min(axis=1)
+    np.testing.assert_allclose(d2, other, atol=1e-6)
+
+
+def test_split_distances_searched_again_when_the_lists_fall_short_match_a_brute_force():
+    """Lists of 3 neighbours: most validation rows find no training row of another parent in them and are
+    searched again (exactly); the two distances still match numpy on all pairs."""
+    rows = lab.augment(lab.make_parents(3, 1), lab.COPIES, 0.02, 2)
+    x = rows[lab.FEATURES].to_numpy()
+    link = lk.link_rows(x, seed=0)
+    short = lk.Linking(link.space, link.z, link.dist[:, :3], link.idx[:, :3], link.radius, link.groups)
+    groups = rows["parent_id"].to_numpy()
+    val = lab.split_rows(rows, 0.2, 3)
+    train, query = np.flatnonzero(~val), np.flatnonzero(val)
+    d1, outside = lk.split_distances(short, groups, train, query)
+    z = link.z.astype(np.float64)
+    dist = np.linalg.norm(z[query][:, None] - z[train][None], axis=2)
+    nearest = dist.argmin(axis=1)
+    other = groups[train][None, :] != groups[train][nearest][:, None]
+    np.testing.assert_allclose(d1, dist.min(axis=1), atol=1e-5)
+    np.testing.assert_allclose(outside, np.where(other, dist, np.inf).min(axis=1), atol=1e-5)
+
+
+def test_train_loo_is_sklearns_leave_one_out_over_training_rows():
+    x = _tied_rows(400, 5)
+    train = np.flatnonzero(np.random.default_rng(2).random(len(x)) < 0.8)
+    link = lk.link_rows(x, seed=0)
+    short = lk.Linking(link.space, link.z, link.dist[:, :2], link.idx[:, :2], link.radius, link.groups)
+    ref = _brute(link.z[train], 1)[0][:, 0]
+    np.testing.assert_allclose(lk.train_loo(link, train), ref, atol=1e-5)
+    np.testing.assert_allclose(lk.train_loo(short, train), ref, atol=1e-5)  # searched again where 2 fall short
+
+
+def test_count_repeats_is_pandas_duplicated():
+    x = _tied_rows(200, 3).astype(np.float64)
+    x[100, 0], x[101] = 0.0, x[100]
+    x[101, 0] = -0.0  # -0.0 == 0.0
+    assert lk.count_repeats(x) == int(pd.DataFrame(x).duplicated().sum()) == 13
+    assert lk.count_repeats(x.astype(np.float32)) == 13 and lk.count_repeats(x[:1]) == 0
+
+
+def test_the_scan_says_what_it_does_on_a_large_pool(capsys):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 4))
+    val = rng.random(3000) < 0.2
+    lk.near_duplicate_scan(x, ~val, val, seed=0, progress=True, exact=False)
+    out = capsys.readouterr()
+    for part in ("near-duplicate scan of 3,000 train and validation rows", "choosing the feature space",
+                 "k-means", "nearest neighbours of every row", "reading the distances"):
+        assert part in out.out, out.out
+    assert "Warning" not in out.err

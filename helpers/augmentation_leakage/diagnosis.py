@@ -13,6 +13,7 @@ The face: :func:`load_inputs` (the one place parameters are checked and files re
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from helpers.findings import describe_inputs as describe_files
 from helpers.io import InputError, check_column, load_json, load_table, resolve_path
 from helpers.params import check_range, check_types, drop_sample_companions
 from helpers.paths import DATA_SAMPLES
+
+FIT_JOBS = min(4, os.cpu_count() or 1)  # threads growing the proxy forest's trees (each tree has its own seed)
 
 NOTEBOOK = "05_augmentation_leakage"
 FINDING_IDS = ("parent_leakage", "near_duplicate_leakage", "augmentation_mismatch", "val_composition_imbalance",
@@ -51,6 +54,8 @@ DEGRADE_RATIO = 1.5
 # gap a clean split gives the reference model, and the run's own split shrinks that model's gap as much
 GAP_SHARE = 0.5
 MAX_PROXY_ROWS = 30_000
+REFERENCE_TREES = 10
+REFERENCE_MODEL = f"ExtraTreesRegressor({REFERENCE_TREES} trees, 100 leaves)"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -227,16 +232,24 @@ class Diagnosis:
     gap: dict | None
 
 
-def diagnose(run: Run, params: Mapping) -> Diagnosis:
-    """Every measurement behind the findings; ``params["seed"]`` seeds the reference splits."""
+def diagnose(run: Run, params: Mapping, reuse: Diagnosis | None = None) -> Diagnosis:
+    """Every measurement behind the findings; ``params["seed"]`` seeds the reference splits.
+
+    ``reuse``: the diagnosis of the same rows and features under another split of the same train and
+    validation rows, or with other parent ids (a variant of the run): its nearest-neighbour search is
+    read again instead of repeated. Runs of at least ``leakage.PROGRESS_ROWS`` rows print what they are doing.
+    """
     seed = params["seed"]
     s = run.samples
     is_train, is_val = (s["split"] == "train").to_numpy(), (s["split"] == "val").to_numpy()
+    progress = len(s) >= lk.PROGRESS_ROWS
+    link = _reusable_search(run, is_train | is_val, reuse) if reuse is not None else None
     x = s[run.features].to_numpy(np.float64)
     group = s["group"].astype(str) if run.has("group") else None
     parent = s["parent_id"] if run.has("parent_id") else None
     pl = lk.parent_leakage(s["split"], parent, group) if parent is not None else None
-    scan = lk.near_duplicate_scan(x, is_train, is_val, parent.to_numpy() if parent is not None else None, seed=seed)
+    scan = lk.near_duplicate_scan(x, is_train, is_val, parent.to_numpy() if parent is not None else None, seed=seed,
+                                  link=link, progress=progress)
     copies = comp = weighted = degr = None
     if group is not None and (run.has("is_augmented") or parent is not None):
         copies = lk.multiplicity(group, s["is_augmented"] if run.has("is_augmented") else None,
@@ -259,11 +272,23 @@ def diagnose(run: Run, params: Mapping) -> Diagnosis:
         degr = lk.degradation(this, base)
         if tiers is not None:
             degr["tier"] = degr["group"].map(tiers)
-    gap = _proxy_gap(run, x, is_train, is_val, scan, seed) if run.has("target") else None
+    gap = _proxy_gap(run, x, is_train, is_val, scan, seed, progress) if run.has("target") else None
     return Diagnosis(run, pl, scan, copies, comp, weighted, degr, gap)
 
 
-def _proxy_gap(run: Run, x, is_train, is_val, scan, seed: int) -> dict:
+def _reusable_search(run: Run, pool: np.ndarray, reuse: Diagnosis) -> lk.Linking:
+    """The search of ``reuse``, provided it searched these very rows: the same train and validation rows
+    (in any split between the two) with the same features."""
+    before = reuse.run.samples
+    same = (run.features == reuse.run.features and len(run.samples) == len(before)
+            and np.array_equal(pool, before["split"].isin(["train", "val"]).to_numpy())
+            and reuse.scan.link is not None)
+    if not same or not run.samples[run.features].equals(before[run.features]):
+        raise ValueError("reuse: the diagnosis to reuse searched other rows or features; diagnose without reuse")
+    return reuse.scan.link
+
+
+def _proxy_gap(run: Run, x, is_train, is_val, scan, seed: int, progress: bool = False) -> dict:
     """A reference model's train/val gap under the run's split and under a clean re-split of the same rows."""
     from sklearn.ensemble import ExtraTreesRegressor
     from sklearn.metrics import mean_squared_error
@@ -278,11 +303,15 @@ def _proxy_gap(run: Run, x, is_train, is_val, scan, seed: int) -> dict:
         pool, groups = pool[keep], groups[keep]
 
     def fit_eval(tr, va):
-        est = ExtraTreesRegressor(n_estimators=30, max_leaf_nodes=100, max_features=0.5, random_state=seed, n_jobs=1)
-        est.fit(x[tr], y[tr])
+        est = ExtraTreesRegressor(n_estimators=REFERENCE_TREES, max_leaf_nodes=100, max_features=0.5,
+                                  random_state=seed, n_jobs=FIT_JOBS)
+        est.fit(x[tr], y[tr]).set_params(n_jobs=1)  # the same trees on any number of threads; predict in one order
         t, v = mean_squared_error(y[tr], est.predict(x[tr])), mean_squared_error(y[va], est.predict(x[va]))
         return t, v
 
+    if progress:
+        print(f"reference model: fitting {REFERENCE_MODEL} on this split and on a clean re-split of {len(pool):,} rows",
+              flush=True)
     actual = fit_eval(pool[is_train[pool]], pool[is_val[pool]])
     if len(np.unique(groups)) >= 2:
         tr, va = next(lk.reference_splits(groups, is_val[pool].mean(), 1, seed))
@@ -290,7 +319,7 @@ def _proxy_gap(run: Run, x, is_train, is_val, scan, seed: int) -> dict:
     else:  # every row is one (pseudo-)parent: no split keeps parents apart
         clean = (np.nan, np.nan)
     rel = lambda t, v: (v - t) / v if v > 0 else np.nan  # noqa: E731
-    out = {"reference_model": "ExtraTreesRegressor(30 trees, 100 leaves)", "rows": len(pool),
+    out = {"reference_model": REFERENCE_MODEL, "rows": len(pool),
            "actual_split": {"train_mse": actual[0], "val_mse": actual[1], "relative_gap": rel(*actual)},
            "clean_split": {"train_mse": clean[0], "val_mse": clean[1], "relative_gap": rel(*clean)},
            "run_relative_gap": rel(run.train_loss, run.val_loss) if not (math.isnan(run.train_loss) or
@@ -330,6 +359,7 @@ def _parent_finding(d: Diagnosis) -> Finding:
 
 
 UNIT = {"parent_id": "parent", "pseudo-parents": "cluster of near-identical rows", "rows": "row"}
+UNITS = {"parent_id": "parents", "pseudo-parents": "clusters of near-identical rows", "rows": "rows"}
 
 
 def _near_dup_finding(d: Diagnosis) -> Finding:
@@ -351,7 +381,7 @@ def _near_dup_finding(d: Diagnosis) -> Finding:
         return not_applicable(fid, f"All train and validation rows share one {unit}, so no re-split keeps them apart to "
                                    f"compare with ({s.n_exact_duplicate_rows} rows repeat another row's features "
                                    "exactly).")
-    stat = (f"{s.n_units_below} of {s.n_units} validation {unit}s have a median ratio (distance to the nearest "
+    stat = (f"{s.n_units_below} of {s.n_units} validation {UNITS[s.reference_kind]} have a median ratio (distance to the nearest "
             f"training row / to the nearest training row of another {unit}) below {s.threshold:.2f}, the "
             f"{100 * lk.ALPHA:g}% quantile under {how} (binomial p={s.p_value:.1e}; {s.space} features)")
     if s.detected:

@@ -11,6 +11,7 @@ rows renormalised, target unchanged).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ N = 9
 P_COLUMNS = [f"p{i:02d}" for i in range(20)]  # k x (n - k) <= 20 entries, zero-padded
 FEATURES = ["n", "k", "m", *P_COLUMNS]
 N_MESSAGES = 64
+FIT_JOBS = min(4, os.cpu_count() or 1)  # threads growing a forest's trees
 
 
 def group_name(k: int, m: int) -> str:
@@ -111,14 +113,18 @@ def split_rows(rows: pd.DataFrame, val_fraction: float, seed: int) -> np.ndarray
     return mask
 
 
-def model(seed: int = 0) -> ExtraTreesRegressor:
-    """The lab's model: extremely randomised trees of bounded size (fast; enough capacity to
-    memorise near-copies, too little to fit every group well when some groups dominate)."""
-    return ExtraTreesRegressor(n_estimators=30, max_leaf_nodes=100, max_features=0.5, random_state=seed, n_jobs=1)
+def model(seed: int = 0, trees: int = 30) -> ExtraTreesRegressor:
+    """The sample run's model: extremely randomised trees of bounded size (fast; enough capacity to
+    memorise near-copies, too little to fit every group well when some groups dominate). The lab grows
+    fewer of the same trees (``LabConfig.trees``)."""
+    return ExtraTreesRegressor(n_estimators=trees, max_leaf_nodes=100, max_features=0.5, random_state=seed, n_jobs=1)
 
 
-def fit(rows: pd.DataFrame, seed: int = 0, features=FEATURES) -> ExtraTreesRegressor:
-    return model(seed).fit(rows[list(features)].to_numpy(), rows["target"].to_numpy())
+def fit(rows: pd.DataFrame, seed: int = 0, features=FEATURES, trees: int = 30) -> ExtraTreesRegressor:
+    """:func:`model` fitted on ``rows``: its trees grown on up to ``FIT_JOBS`` threads (each tree has its
+    own seed, so the trees are the same), then predicting on one (a fixed order of summing the trees)."""
+    est = model(seed, trees).set_params(n_jobs=FIT_JOBS)
+    return est.fit(rows[list(features)].to_numpy(), rows["target"].to_numpy()).set_params(n_jobs=1)
 
 
 def per_group_mse(est, rows: pd.DataFrame, features=FEATURES) -> pd.Series:
@@ -146,6 +152,8 @@ class LabConfig:
     folds: int = 3  # every parent is validated once, by the model that did not train on it
     noise: float = 0.02
     copies: dict = field(default_factory=lambda: dict(COPIES))
+    trees: int = 10  # the sample run's model with 10 trees instead of 30: the same arms' ratios, a third of the time
+    scan_per_group: int = 20  # parents per group of the leaky split that noise_scan searches
 
 
 def folds(cfg: LabConfig, parents: pd.DataFrame, rows: pd.DataFrame, arm: str):
@@ -193,7 +201,7 @@ def run(cfg: LabConfig | None = None) -> pd.DataFrame:
                 continue
             sq, train, tests, n_train = [], [], [], []
             for tr, va in folds(c, parents, rows, arm):
-                est = fit(tr, cfg.seed)
+                est = fit(tr, cfg.seed, trees=cfg.trees)
                 sq.append((est.predict(va[FEATURES].to_numpy()) - va["target"].to_numpy()) ** 2)
                 train.append(mse(est, tr))
                 tests.append(mse(est, test))
@@ -222,23 +230,26 @@ def support(table: pd.DataFrame, scan: dict | None = None) -> dict[str, str]:
            "suspicious_train_val_gap": (f"the leaky split's train/val MSE were {a['train_mse']:.4f}/{a['val_mse']:.4f}, "
                                         f"the split by parent's (c) {c['train_mse']:.4f}/{c['val_mse']:.4f}.")}
     if scan:
+        size = f" of {scan['rows']:,} rows" if "rows" in scan else ""
         out["near_duplicate_leakage"] = (
-            f"from the features alone the scan {'found' if scan['detected'] else 'did not find'} the leaky split's "
-            f"copies at {scan['noise']:.0%} noise (estimated share {scan['leaked_share']:.0%}, true "
+            f"from the features alone the scan {'found' if scan['detected'] else 'did not find'} the copies of a "
+            f"leaky split{size} at {scan['noise']:.0%} noise (estimated share {scan['leaked_share']:.0%}, true "
             f"{scan['true_leaked_share']:.0%}).")
     return out
 
 
 def noise_scan(cfg: LabConfig | None = None, noise: float = 0.05) -> dict:
-    """The feature-only near-duplicate scan of arm (a)'s rows at ``noise`` (one row-wise split), and the true
-    share of validation rows whose parent is in training."""
+    """The feature-only near-duplicate scan of a leaky split at ``noise``: arm (a)'s arrangement (augment,
+    then one row-wise split) of ``cfg.scan_per_group`` parents per group; and the true share of validation
+    rows whose parent is in training."""
     from helpers.augmentation_leakage import leakage as lk
 
     cfg = cfg or LabConfig()
-    rows = augment(make_parents(cfg.per_group, cfg.seed), cfg.copies, noise, cfg.seed + 1)
+    rows = augment(make_parents(cfg.scan_per_group, cfg.seed), cfg.copies, noise, cfg.seed + 1)
     val = split_rows(rows, 1 / cfg.folds, cfg.seed)
     s = lk.near_duplicate_scan(rows[FEATURES].to_numpy(), ~val, val, None, seed=cfg.seed)
-    return {"noise": noise, "true_leaked_share": float(rows.loc[val, "parent_id"].isin(rows.loc[~val, "parent_id"]).mean()),
+    return {"noise": noise, "rows": len(rows),
+            "true_leaked_share": float(rows.loc[val, "parent_id"].isin(rows.loc[~val, "parent_id"]).mean()),
             "leaked_share": s.leaked_share, "detected": s.detected, "reference": s.reference_kind, "space": s.space}
 
 
@@ -259,9 +270,10 @@ def reading(table: pd.DataFrame, scan: dict | None = None) -> str:
             lines.append(f"- Leaky split with {n:.0%} noise (the source's proposed cure): {r['val_over_test']:.2f}x: "
                          + ("the copies still leak." if r["val_over_test"] < 0.8 else "no longer flattering here."))
     if scan:
-        lines.append(f"- The scan from the features alone, on the leaky split at {scan['noise']:.0%} noise (true leaked "
-                     f"share {scan['true_leaked_share']:.0%}): {'detected' if scan['detected'] else 'not detected'}, "
-                     f"estimated share {scan['leaked_share']:.0%} (reference: {scan['reference']}).")
+        size = f" of {scan['rows']:,} rows" if "rows" in scan else ""
+        lines.append(f"- The scan from the features alone, on a leaky split{size} at {scan['noise']:.0%} noise (true "
+                     f"leaked share {scan['true_leaked_share']:.0%}): {'detected' if scan['detected'] else 'not detected'}"
+                     f", estimated share {scan['leaked_share']:.0%} (reference: {scan['reference']}).")
     return "\n".join(lines)
 
 

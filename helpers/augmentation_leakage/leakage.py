@@ -15,6 +15,9 @@ cross-check the distances against ``sklearn.neighbors.NearestNeighbors``.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import faiss
@@ -26,14 +29,30 @@ from scipy.signal import find_peaks
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import binomtest
 from sklearn.model_selection import GroupShuffleSplit
-from sklearn.preprocessing import StandardScaler
 
-# exact search while n_train x n_query stays under this many distance evaluations (~1 s at 40 features)
+# nearest_distance / loo_distance: exact search while n_train x n_query stays under this many distance evaluations
 EXACT_LIMIT = 2e9
 # approximate search: lists scanned per query, and lists per sqrt(n_train) rows
 NPROBE = 32
 LISTS_PER_SQRT = 4
 TRAIN_PER_LIST = 20
+# the pool's all-pairs search (link_rows -> pool_lists, knn_join): exact while rows^2 stays under POOL_EXACT_LIMIT,
+# else every row is compared with the rows of the JOIN_PROBES k-means lists nearest to it (lists of about
+# ROWS_PER_LIST rows; their centroids are found through TOP_PROBES of about sqrt(lists) coarse cells). A row whose
+# list lacks what a split needs is searched again: exactly against every row of the other side while rows x
+# those rows stays under FALLBACK_EXACT_LIMIT, else in its JOIN_PROBES lists.
+POOL_EXACT_LIMIT = 5e8
+JOIN_PROBES, ROWS_PER_LIST, TOP_PROBES = 3, 256, 3
+# rows whose nearest neighbour found is not a near-copy (farther than the link radius) are searched again in their
+# SECOND_PROBES nearest lists (fewer when that would cost more than the first search): an ordinary nearest
+# neighbour is found by few lists' search, a near-copy's almost always by the row's own list
+SECOND_PROBES = 128
+JOIN_CHUNK = 1 << 16
+FALLBACK_EXACT_LIMIT = 2e8
+# float32 products give squared distances to about (|a|^2 + |b|^2) x 1e-6: pairs closer than RECOMPUTE_SHARE x that
+# scale (near-copies, exact repeats) are recomputed from their differences (see _finish)
+RECOMPUTE_SHARE = 1e-2
+PROGRESS_ROWS = 200_000  # pools at least this large report what the scan is doing, with progress bars
 # near-duplicate leakage: the reference's ALPHA quantile is the "closer than a fresh sample" threshold;
 # detected when the excess share over ALPHA is at least MIN_LEAKED_SHARE with a binomial p below P_MAX.
 ALPHA = 0.01
@@ -45,16 +64,50 @@ P_MAX = 1e-3
 LINK_NEIGHBOURS = 10
 VALLEY_BINS, VALLEY_PROMINENCE, VALLEY_MIN_PEAK, VALLEY_DEPTH, VALLEY_SIDE = 512, 0.005, 30, 0.5, 0.005
 MAX_CLUSTER_SHARE, RADIUS_STEP = 0.05, 0.9
-SPACE_QUERIES = 2000  # rows whose neighbours decide the feature space
-# the ratio statistic: neighbours searched for one of another (pseudo-)parent, and at most this many
-OUTSIDE_NEIGHBOURS, MAX_FIRST_SEARCH, MAX_FAMILY_SEARCH = 21, 128, 2048
+# rows whose neighbours decide the feature space: SPACE_QUERIES, fewer when they x rows would pass SPACE_BUDGET
+SPACE_QUERIES, SPACE_BUDGET, SPACE_MIN_QUERIES = 2000, 2.5e8, 250
 DEEP_NEIGHBOURS, DEEP_ENTRIES = 128, 20_000_000  # neighbours kept per row (see link_rows)
+
+
+def _say(on: bool, message: str) -> None:
+    if on:
+        print(message, flush=True)
+
+
+def _bar(on: bool, total: int, desc: str, unit: str = "row"):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not on, mininterval=1.0)
 
 
 # --------------------------------------------------------------------------- nearest neighbours
 def standardise(x: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance per column (scikit-learn's StandardScaler), as contiguous float32."""
-    return np.ascontiguousarray(StandardScaler().fit_transform(np.asarray(x, dtype=np.float64)), dtype=np.float32)
+    """Zero mean, unit variance per column (scikit-learn's StandardScaler: a column constant up to rounding keeps
+    scale 1), as contiguous float32."""
+    x = np.asarray(x)
+    if len(x) == 0:
+        return np.zeros(x.shape, dtype=np.float32)
+    mean, var = _column_stats(x)
+    eps = np.finfo(np.float64).eps
+    constant = var <= len(x) * eps * var + (len(x) * mean * eps) ** 2  # sklearn's _is_constant_feature
+    scale = np.where(constant, 1.0, np.sqrt(var))
+    return _scaled(x, mean, scale)
+
+
+def _column_stats(x: np.ndarray, step: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and (population) variances in float64, two passes over row chunks (no full-size temporaries)."""
+    mean = sum(x[s:s + step].sum(axis=0, dtype=np.float64) for s in range(0, len(x), step)) / len(x)
+    var = sum(np.square(x[s:s + step] - mean).sum(axis=0) for s in range(0, len(x), step)) / len(x)
+    return mean, var
+
+
+def _scaled(x: np.ndarray, centre: np.ndarray, scale) -> np.ndarray:
+    """(x - centre) / scale as contiguous float32, in chunks (no float64 copy of the whole table)."""
+    out = np.empty(x.shape, dtype=np.float32)
+    step = max(1, (1 << 22) // max(x.shape[1], 1))
+    for s in range(0, len(x), step):
+        out[s:s + step] = (x[s:s + step] - centre) / scale
+    return out
 
 
 def build_index(base: np.ndarray, n_queries: int, exact: bool | None = None, seed: int = 0,
@@ -111,6 +164,353 @@ def loo_distance(x: np.ndarray, exact: bool | None = None, seed: int = 0) -> np.
     return np.where(idx == np.arange(n)[:, None], np.inf, dist).min(axis=1)
 
 
+# --------------------------------------------------------------------------- the pool's all-pairs search
+@dataclass
+class Lists:
+    """The pool's rows grouped into lists, and the lists each row is compared with.
+
+    One list holding every row is the exact search. Otherwise the lists are faiss k-means cells and
+    each row is compared with the rows of the ``probes.shape[1]`` cells whose centroids are nearest
+    to it (its own cell first), as an inverted-file index searches.
+    """
+
+    order: np.ndarray  # the rows sorted by their own list
+    bounds: np.ndarray  # list j holds order[bounds[j]:bounds[j + 1]]
+    probes: np.ndarray  # (n, P) the lists each row is compared with (-1: none)
+    centroids: np.ndarray | None = field(default=None, repr=False)  # the lists' k-means centroids
+    top: np.ndarray | None = field(default=None, repr=False)  # the coarse cells' centroids
+    cells: Lists | None = field(default=None, repr=False)  # the lists' centroids grouped by coarse cell
+
+    @property
+    def exact(self) -> bool:
+        return len(self.bounds) == 2
+
+    def members(self, j: int) -> np.ndarray:
+        return self.order[self.bounds[j]:self.bounds[j + 1]]
+
+    def visits(self, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(list, positions in ``rows`` of the rows compared with it, their probe slot) for each list some row visits."""
+        p = self.probes.shape[1]
+        flat = self.probes[rows].ravel()
+        order = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[order], np.arange(len(self.bounds)))
+        return [(j, order[bounds[j]:bounds[j + 1]] // p, order[bounds[j]:bounds[j + 1]] % p)
+                for j in np.flatnonzero(np.diff(bounds))]
+
+
+def one_list(n: int) -> Lists:
+    """Every row in one list: the exact search."""
+    return Lists(np.arange(n), np.array([0, n]), np.zeros((n, 1), dtype=np.int64))
+
+
+@contextmanager
+def _faiss_threads(n: int):
+    """faiss (and its BLAS) on ``n`` OpenMP threads in this thread, restored afterwards."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield before
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _workers() -> int:
+    """Threads for the searches: as many as faiss would use (the cores it sees)."""
+    return max(1, faiss.omp_get_max_threads())
+
+
+def _augment(z: np.ndarray, query: bool) -> np.ndarray:
+    """Rows extended so that one product gives squared distances: [z, |z|^2, 1] (queries), [-2z, 1, |z|^2] (base)."""
+    out = np.empty((len(z), z.shape[1] + 2), dtype=np.float32)
+    norm = np.einsum("ij,ij->i", z, z)
+    if query:
+        out[:, :-2], out[:, -2], out[:, -1] = z, norm, 1.0
+    else:
+        np.multiply(z, -2.0, out=out[:, :-2])
+        out[:, -2], out[:, -1] = 1.0, norm
+    return out
+
+
+def _knn_blocks(zq: np.ndarray, zb: np.ndarray, k: int, shards: list[list[tuple[np.ndarray, np.ndarray]]],
+                bar=None, per_row: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances (float32) and indices of the k nearest rows of ``zb`` to each row of ``zq`` among the
+    candidates that the blocks name: each block (positions in ``zq``, rows of ``zb``) is one BLAS product
+    (|q|^2 + |b|^2 - 2 q.b, as faiss computes it) fed into faiss heaps, one per query row; inf / -1 where there
+    are fewer candidates.
+
+    The shards run in parallel, each on one thread with numpy's BLAS and faiss on one thread: no shard
+    touches a query row another one does, and each row takes its candidates in block order (deterministic).
+    Buffers are reused across blocks: allocating a fresh distance matrix per block costs more than the product.
+    """
+    from threadpoolctl import threadpool_limits
+
+    heap = faiss.ResultHeap(len(zq), k)
+    lock, done = threading.Lock(), [0, 0]
+    # [q, |q|^2, 1] . [-2b, 1, |b|^2] = |q - b|^2: one product per block, no pass over the distances
+    qa, ba = _augment(zq, query=True), _augment(zb, query=False)
+
+    def work(blocks):
+        if not blocks:
+            return
+        a, b = max(len(p) for p, _ in blocks), max(len(m) for _, m in blocks)
+        qbuf, bbuf = np.empty((a, qa.shape[1]), np.float32), np.empty((b, ba.shape[1]), np.float32)
+        dbuf = np.empty(a * b, np.float32)
+        for pos, mem in blocks:
+            q = np.take(qa, pos, axis=0, out=qbuf[:len(pos)], mode="clip")
+            m = np.take(ba, mem, axis=0, out=bbuf[:len(mem)], mode="clip")
+            d = dbuf[:len(pos) * len(mem)].reshape(len(pos), len(mem))
+            np.matmul(q, m.T, out=d)
+            heap.add_result_subset(pos, d, mem)
+            if bar is not None:
+                with lock:  # the rows done so far, in whole rows (each row takes per_row blocks)
+                    done[0] += len(pos)
+                    step = done[0] // per_row - done[1]
+                    done[1] += step
+                if step:
+                    bar.update(step)
+
+    with threadpool_limits(1, user_api="blas"), _faiss_threads(1):
+        if len(shards) == 1:
+            work(shards[0])
+        else:
+            with ThreadPoolExecutor(len(shards), initializer=faiss.omp_set_num_threads, initargs=(1,)) as pool:
+                list(pool.map(work, shards))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def _knn_rows(zq: np.ndarray, zb: np.ndarray, k: int, bar=None, near: np.ndarray | None = None, rows: int = 256,
+              base: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Exact: squared distances (float32) and indices of the k nearest rows of ``zb`` to each row of ``zq``,
+    blocks of ``rows`` x ``base`` rows (:func:`_knn_blocks`; the query rows shared out among the threads).
+
+    ``near``: for each query row a row of ``zb`` to start from (a self-join: the row itself). Each chunk of
+    queries meets the base block holding its first row's ``near`` first, so that on rows stored next to their
+    copies the heaps hold close rows early and later candidates are rejected by one comparison.
+    """
+    zq, zb = np.ascontiguousarray(zq, dtype=np.float32), np.ascontiguousarray(zb, dtype=np.float32)
+    w = _workers()
+    rows = max(1, min(rows, -(-len(zq) // w)))
+    chunks = [np.arange(s, min(len(zq), s + rows)) for s in range(0, len(zq), rows)]
+    bases = [np.arange(s, min(len(zb), s + base)) for s in range(0, len(zb), base)]
+
+    def order(c):
+        first = 0 if near is None else int(near[c[0]]) // base
+        return bases[first:] + bases[:first]
+
+    shards = [[(c, m) for c in chunks[i::w] for m in order(c)] for i in range(w)]
+    return _knn_blocks(zq, zb, k, [sh for sh in shards if sh], bar, len(bases))
+
+
+def _grouped_knn(zq: np.ndarray, zb: np.ndarray, k: int, lists: Lists, bar=None) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances (float32) and indices of the k nearest rows of ``zb`` to each row of ``zq``, among the
+    rows of the lists (``lists.order``/``bounds``, over ``zb``) that the row probes (``lists.probes``, one row per
+    ``zq`` row); inf / -1 where there are fewer. Each list is compared at once with every row that probes it
+    (:func:`_knn_blocks`; the query rows shared out among the threads)."""
+    zq, zb = np.ascontiguousarray(zq, dtype=np.float32), np.ascontiguousarray(zb, dtype=np.float32)
+    w = _workers()
+    shards = [[] for _ in range(w)]
+    for j, pos, _ in lists.visits(np.arange(len(zq))):
+        mem = lists.members(j)
+        if len(mem) == 0:
+            continue
+        for i in range(w):
+            part = pos[pos % w == i] if w > 1 else pos
+            if len(part):
+                shards[i].append((part, mem))
+    return _knn_blocks(zq, zb, k, [sh for sh in shards if sh], bar, lists.probes.shape[1])
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k centroids of the rows ``x`` (faiss k-means, seeded, 10 iterations); the rows themselves when k >= rows."""
+    if k >= len(x):
+        return np.ascontiguousarray(x, dtype=np.float32)
+    km = faiss.Kmeans(x.shape[1], k, niter=10, seed=seed, min_points_per_centroid=1, max_points_per_centroid=10**9)
+    with _faiss_threads(1):
+        km.train(np.ascontiguousarray(x, dtype=np.float32))
+    return km.centroids
+
+
+def ivf_lists(z: np.ndarray, seed: int = 0, probes: int = JOIN_PROBES, progress: bool = False) -> Lists:
+    """k-means lists of the rows of ``z`` (about ``ROWS_PER_LIST`` rows each) and each row's ``probes`` nearest lists.
+
+    Two levels, so that neither training nor assigning compares every row with every centroid: about
+    sqrt(lists) coarse k-means cells, then the lists by k-means within each cell (as many as its share of the
+    rows); a row's nearest lists are searched among those of its ``TOP_PROBES`` nearest cells.
+    """
+    n, d = z.shape
+    nlist = int(np.clip(n // ROWS_PER_LIST, 16, 65536))
+    n_top = int(np.ceil(np.sqrt(nlist)))
+    rng = np.random.default_rng(seed)
+    sample = z[np.sort(rng.choice(n, min(n, TRAIN_PER_LIST * nlist), replace=False))]
+    _say(progress, f"  k-means: {n_top} cells, then {nlist:,} lists within them, from {len(sample):,} rows")
+    top = _kmeans(sample, n_top, seed)
+    cell = _knn_rows(sample, top, 1)[1][:, 0]
+    parts = [sample[cell == c] for c in range(len(top))]
+    fine = [_kmeans(parts[c], max(1, int(round(nlist * len(parts[c]) / len(sample)))), seed + 1 + c)
+            for c in range(len(top)) if len(parts[c])]
+    fine_cell = np.concatenate([np.full(len(f), c) for c, f in zip([c for c in range(len(top)) if len(parts[c])], fine,
+                                                                    strict=True)])
+    fine = np.ascontiguousarray(np.vstack(fine))
+    # the fine centroids grouped by cell, and each row's TOP_PROBES nearest cells: a grouped search finds its lists
+    order = np.argsort(fine_cell, kind="stable")
+    cells = Lists(order, np.searchsorted(fine_cell[order], np.arange(len(top) + 1)), np.zeros((0, 1), np.int64))
+    with _bar(progress, n, "  assigning rows to lists") as bar:
+        near = nearest_lists(z, fine, top, cells, probes, bar=bar)
+    own = np.argsort(near[:, 0], kind="stable")
+    return Lists(own, np.searchsorted(near[own, 0], np.arange(len(fine) + 1)), near, fine, top, cells)
+
+
+def nearest_lists(zq: np.ndarray, fine: np.ndarray, top: np.ndarray, cells: Lists, probes: int,
+                  top_probes: int = TOP_PROBES, bar=None) -> np.ndarray:
+    """The ``probes`` lists whose centroids ``fine`` are nearest to each row of ``zq``, searched among the lists of
+    its ``top_probes`` nearest coarse cells (``top``; ``cells`` groups the lists by cell); -1 where there are fewer."""
+    grouped = Lists(cells.order, cells.bounds, _knn_rows(zq, top, min(top_probes, len(top)))[1])
+    return _grouped_knn(zq, fine, min(probes, len(fine)), grouped, bar)[1]
+
+
+def knn_join(z: np.ndarray, k: int, lists: Lists, queries: np.ndarray | None = None,
+             progress: bool = False, desc: str = "  nearest neighbours",
+             probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest *other* rows of each row of ``z`` (or of the rows ``queries``) among the rows of the
+    lists it is compared with: distances (float64, ascending) and indices, inf / -1 where there are fewer.
+
+    With one list this is exact (BLAS products in blocks into faiss heaps, as IndexFlatL2 searches). With
+    k-means lists, each list's rows are compared at once with every row that visits it (:func:`_grouped_knn`;
+    ``probes``: other lists than ``lists.probes`` for the query rows).
+    """
+    n = len(z)
+    q = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    k = min(k, max(n - 1, 0))
+    if k == 0 or len(q) == 0:
+        return np.full((len(q), k), np.inf), np.full((len(q), k), -1, dtype=np.int64)
+    zq = z if queries is None else z[q]
+    with _bar(progress, len(q), desc) as bar:
+        if lists.exact:
+            d2, i = _knn_rows(zq, z, k + 1, bar, near=q)
+        else:
+            per_row = lists.probes[q] if probes is None else probes  # probes: the lists of each query row
+            d2, i = _grouped_knn(zq, z, k + 1, Lists(lists.order, lists.bounds, per_row), bar)
+    return _finish(z, q, d2, i, k)
+
+
+def _finish(z: np.ndarray, q: np.ndarray, d2: np.ndarray, i: np.ndarray, k: int,
+            step: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest other rows from the k + 1 candidates (squared float32 distances ``d2``, indices ``i``) of the
+    rows ``q``: distances (float64, ascending) and indices, inf / -1 where there are fewer; ``step`` rows at a
+    time (no full-size temporaries).
+
+    The row itself is dropped wherever it appears (ties with exact repeats), else the farthest candidate. The
+    products' squared distances carry rounding of about (|q|^2 + |b|^2) x float32's epsilon: the pairs much
+    closer than that scale (RECOMPUTE_SHARE of it: near-copies, exact repeats) are recomputed from their
+    differences (exact repeats at exactly 0), and the rows whose order that changed are re-sorted.
+    """
+    norm = np.einsum("ij,ij->i", z, z)
+    dist = np.empty((len(q), k))
+    idx = np.empty((len(q), k), dtype=np.int64)
+    for s in range(0, len(q), step):
+        rows, dd, ii = q[s:s + step], d2[s:s + step], i[s:s + step]
+        own = ii == rows[:, None]
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+        keep = np.ones_like(own)
+        keep[np.arange(len(rows)), drop] = False
+        dd, ii = dd[keep].reshape(len(rows), k), ii[keep].reshape(len(rows), k)
+        found = ii >= 0
+        ii = np.where(found, ii, -1)
+        d = np.where(found, np.sqrt(np.clip(dd, 0.0, None), dtype=np.float64), np.inf)
+        close = found & (dd < RECOMPUTE_SHARE * (norm[rows][:, None] + norm[np.clip(ii, 0, None)]))
+        if close.any():
+            r, c = np.nonzero(close)
+            d[r, c] = pair_distances(z, rows[r], ii[r, c])
+            with np.errstate(invalid="ignore"):
+                moved = np.flatnonzero((np.diff(d, axis=1) < 0).any(axis=1))
+            if len(moved):
+                o = np.argsort(d[moved], axis=1, kind="stable")
+                d[moved], ii[moved] = np.take_along_axis(d[moved], o, axis=1), np.take_along_axis(ii[moved], o, axis=1)
+        dist[s:s + step], idx[s:s + step] = d, ii
+    return dist, idx
+
+
+def pair_distances(z: np.ndarray, a: np.ndarray, b: np.ndarray, step: int = 1 << 18) -> np.ndarray:
+    """Euclidean distances (float64) between the rows ``a`` and ``b`` of ``z``, pair by pair, from the
+    coordinates' differences."""
+    out = np.empty(len(a))
+    for s in range(0, len(a), step):
+        diff = z[a[s:s + step]] - z[b[s:s + step]]
+        out[s:s + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
+    return out
+
+
+def exact_distances(z: np.ndarray, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Euclidean distances (float64) from each row ``rows[r]`` of ``z`` to the rows ``idx[r]`` (inf where -1),
+    from the coordinates' differences."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.full(idx.shape, np.inf)
+    r, c = np.nonzero(idx >= 0)
+    out[r, c] = pair_distances(z, rows[r], idx[r, c])
+    return out
+
+
+def pool_lists(z: np.ndarray, exact: bool | None = None, seed: int = 0, progress: bool = False) -> Lists:
+    """One list (exact) while rows^2 stays under ``POOL_EXACT_LIMIT`` or ``exact`` is True, else k-means lists."""
+    n = len(z)
+    if exact is None:
+        exact = float(n) * n <= POOL_EXACT_LIMIT
+    return one_list(n) if exact or n < 64 else ivf_lists(z, seed, progress=progress)
+
+
+def nearest_two_groups(z: np.ndarray, rows: np.ndarray, candidate: np.ndarray, groups: np.ndarray,
+                       lists: Lists, block: tuple[int, int] = (512, 16384)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row of ``rows``: the distance to its nearest ``candidate`` row, that row's group, and the
+    distance to the nearest candidate of another group (inf where there is none).
+
+    Searches the candidates in the lists each row is compared with (all of them with one list: exact),
+    in float64, keeping per row the best two distinct groups; the two distances are then recomputed from the
+    coordinates' differences (:func:`exact_distances`).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    r = len(rows)
+    a_d, b_d = np.full(r, np.inf), np.full(r, np.inf)
+    a_g, b_g = np.full(r, -1, dtype=np.int64), np.full(r, -1, dtype=np.int64)
+    a_i, b_i = np.full(r, -1, dtype=np.int64), np.full(r, -1, dtype=np.int64)
+    if r == 0:
+        return a_d, a_g, b_d
+    visits = [(0, np.arange(r))] if lists.exact else [(j, pos) for j, pos, _ in lists.visits(rows)]
+    for j, pos in visits:
+        mem = lists.members(j)
+        mem = mem[candidate[mem]]
+        for s in range(0, len(pos), block[0]):
+            p = pos[s:s + block[0]]
+            zq = z[rows[p]].astype(np.float64)
+            for t in range(0, len(mem), block[1]):
+                m = mem[t:t + block[1]]
+                zm, gm = z[m].astype(np.float64), groups[m]
+                d2 = (zq * zq).sum(axis=1)[:, None] + (zm * zm).sum(axis=1)[None, :] - 2.0 * zq @ zm.T
+                np.clip(d2, 0.0, None, out=d2)
+                ri = np.arange(len(p))
+                best = d2.argmin(axis=1)
+                bd, bg, bi = d2[ri, best], gm[best], m[best]
+                d2[gm[None, :] == bg[:, None]] = np.inf
+                second = d2.argmin(axis=1)
+                sd = d2[ri, second]
+                sg, si = np.where(np.isfinite(sd), gm[second], -1), np.where(np.isfinite(sd), m[second], -1)
+                # merge the block's best two groups into the rows' best two so far
+                new_best = bd < a_d[p]
+                top_d, top_g, top_i = (np.where(new_best, bd, a_d[p]), np.where(new_best, bg, a_g[p]),
+                                       np.where(new_best, bi, a_i[p]))
+                keep_old = a_g[p] != top_g  # the old state's best outside top_g: its best, else its second
+                old_d = np.where(keep_old, a_d[p], b_d[p])
+                old_g, old_i = np.where(keep_old, a_g[p], b_g[p]), np.where(keep_old, a_i[p], b_i[p])
+                mine = bg != top_g  # the block's best outside top_g
+                blk_d, blk_g, blk_i = np.where(mine, bd, sd), np.where(mine, bg, sg), np.where(mine, bi, si)
+                take = blk_d < old_d
+                a_d[p], a_g[p], a_i[p] = top_d, top_g, top_i
+                b_d[p], b_g[p], b_i[p] = (np.where(take, blk_d, old_d), np.where(take, blk_g, old_g),
+                                          np.where(take, blk_i, old_i))
+    exact = exact_distances(z, rows, np.stack([a_i, b_i], axis=1))
+    return exact[:, 0], a_g, exact[:, 1]
+
+
 # --------------------------------------------------------------------------- parents
 def parent_leakage(split: pd.Series, parent: pd.Series, group: pd.Series | None = None,
                    train: str = "train", other: str = "val") -> tuple[dict, pd.DataFrame]:
@@ -120,7 +520,7 @@ def parent_leakage(split: pd.Series, parent: pd.Series, group: pd.Series | None 
     """
     df = pd.DataFrame({"split": split.to_numpy(), "parent": parent.to_numpy(),
                        "group": group.to_numpy() if group is not None else "all"})
-    in_train = set(df.loc[df["split"] == train, "parent"])
+    in_train = pd.unique(df.loc[df["split"] == train, "parent"])
     rows = df[df["split"] == other].assign(leaked=lambda t: t["parent"].isin(in_train))
     shared = rows.loc[rows["leaked"], "parent"].nunique()
     totals = {"n_rows": len(rows), "n_leaked_rows": int(rows["leaked"].sum()),
@@ -141,10 +541,12 @@ def common_scale(x: np.ndarray) -> np.ndarray:
     Distances keep the columns' own units relative to each other: right for columns in one unit
     (pixels, spectra), where per-column standardisation would blow up near-constant columns.
     """
-    c = np.asarray(x, dtype=np.float64)
-    c = c - c.mean(axis=0)
-    scale = float(np.sqrt(np.mean(c.var(axis=0)))) if c.size else 0.0
-    return np.ascontiguousarray(c / (scale if scale > 0 else 1.0), dtype=np.float32)
+    c = np.asarray(x)
+    if c.size == 0:
+        return np.zeros(c.shape, dtype=np.float32)
+    mean, var = _column_stats(c)
+    scale = float(np.sqrt(np.mean(var)))
+    return _scaled(c, mean, scale if scale > 0 else 1.0)
 
 
 SPACES = {"per-column standardised": standardise, "common scale": common_scale}
@@ -153,19 +555,8 @@ SPACES = {"per-column standardised": standardise, "common scale": common_scale}
 def neighbours(z: np.ndarray, k: int, queries: np.ndarray | None = None, exact: bool | None = None,
                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest *other* rows of each row of ``z`` (or of the rows ``queries``): distances and indices,
-    -1 / inf where there are fewer."""
-    n = len(z)
-    q = np.arange(n) if queries is None else np.asarray(queries)
-    k = min(k, max(n - 1, 0))
-    if k == 0:
-        return np.full((len(q), 0), np.inf), np.full((len(q), 0), -1, dtype=np.int64)
-    dist, idx = search(build_index(z, len(q), exact, seed), z[q], k + 1)
-    own = idx == q[:, None]
-    # drop the row itself wherever it appears (ties with exact duplicates), else the farthest
-    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
-    keep = np.ones_like(own)
-    keep[np.arange(len(q)), drop] = False
-    return dist[keep].reshape(len(q), k), idx[keep].reshape(len(q), k)
+    -1 / inf where there are fewer. Exact unless ``exact`` is False or the rows are many (:func:`pool_lists`)."""
+    return knn_join(z, k, pool_lists(z, exact, seed), queries)
 
 
 def link_radius(dist: np.ndarray) -> tuple[float, float]:
@@ -223,8 +614,8 @@ def components(dist: np.ndarray, idx: np.ndarray, radius: float) -> np.ndarray:
 
 @dataclass
 class Linking:
-    """The feature space of the scan, each row's nearest other rows there, and the clusters of
-    near-identical rows found from them."""
+    """The feature space of the scan, each row's nearest other rows there (the pool's one all-pairs
+    search), and the clusters of near-identical rows found from them."""
 
     space: str  # a key of SPACES
     z: np.ndarray  # the rows in that space (float32)
@@ -233,38 +624,76 @@ class Linking:
     radius: float  # link radius (0: exact repeats only)
     groups: np.ndarray  # component label of each row
     depth: dict = field(default_factory=dict)  # valley depth found in each space (nan: none)
+    lists: Lists | None = field(default=None, repr=False)  # how the rows were searched (one list: exactly)
+    n_exact_duplicates: int | None = None  # rows repeating an earlier row's features exactly (count_repeats)
+
+    @property
+    def exact(self) -> bool:
+        return self.lists is None or self.lists.exact
 
 
-def link_rows(x: np.ndarray, space: str | None = None, exact: bool | None = None, seed: int = 0) -> Linking:
-    """Choose the feature space, find the link radius there and cluster the rows (pseudo-parents).
+def space_queries(n: int) -> int:
+    """How many rows' neighbours decide the feature space: ``SPACE_QUERIES``, fewer for large pools so that the
+    search stays under ``SPACE_BUDGET`` distance evaluations per space (never fewer than ``SPACE_MIN_QUERIES``)."""
+    return int(min(n, SPACE_QUERIES, max(SPACE_MIN_QUERIES, SPACE_BUDGET // max(n, 1))))
 
-    ``space=None`` tries every entry of :data:`SPACES` on at most ``SPACE_QUERIES`` rows and keeps
-    the one with the deepest valley between near-copies and ordinary neighbours (per-column
-    standardised when neither has one), provided the valley holds in all rows. The choice sees the features only, never the split, so a
-    clean split stays exchangeable with the reference re-splits. A radius whose largest cluster
-    would hold more than ``MAX_CLUSTER_SHARE`` of the rows is shrunk by ``RADIUS_STEP`` until none
-    does, down to the median nearest-neighbour distance (then exact repeats only).
+
+def link_rows(x: np.ndarray, space: str | None = None, exact: bool | None = None, seed: int = 0,
+              progress: bool = False) -> Linking:
+    """Choose the feature space, search the rows' nearest neighbours there once, find the link radius and
+    cluster the rows (pseudo-parents).
+
+    ``space=None`` tries every entry of :data:`SPACES` on the neighbours of at most ``SPACE_QUERIES`` rows
+    (:func:`space_queries`; exact, against all rows) and keeps the one with the deepest valley between
+    near-copies and ordinary neighbours (per-column standardised when neither has one), provided the valley
+    holds in all rows. The choice sees the features only, never the split, so a clean split stays
+    exchangeable with the reference re-splits. A radius whose largest cluster would hold more than
+    ``MAX_CLUSTER_SHARE`` of the rows is shrunk by ``RADIUS_STEP`` until none does, down to the median
+    nearest-neighbour distance (then exact repeats only).
     Each row keeps up to ``DEEP_NEIGHBOURS`` nearest rows (fewer when rows x neighbours would pass
-    ``DEEP_ENTRIES``): the scan reads every split's statistic from them.
+    ``DEEP_ENTRIES``), from one all-pairs search (:func:`pool_lists`, :func:`knn_join`): the scan reads every
+    split's statistic from them.
     """
     n = len(x)
     deep = int(min(max(n - 1, 0), max(LINK_NEIGHBOURS, min(DEEP_NEIGHBOURS, DEEP_ENTRIES // max(n, 1)))))
     rng = np.random.default_rng(seed)
-    sub = None if n <= SPACE_QUERIES else np.sort(rng.choice(n, SPACE_QUERIES, replace=False))
+    n_sub = space_queries(n)
+    sub = None if n <= SPACE_QUERIES else np.sort(rng.choice(n, n_sub, replace=False))
+    names = [space] if space else list(SPACES)
     tried, depth = {}, {}
-    for name in ([space] if space else SPACES):
+    if sub is not None and len(names) > 1:
+        _say(progress, f"  choosing the feature space: the {LINK_NEIGHBOURS} nearest of {n_sub:,} rows in "
+                       f"{len(names)} spaces ({', '.join(names)})")
+    for name in names:
         z = SPACES[name](x)
-        d, i = neighbours(z, deep if sub is None else LINK_NEIGHBOURS, sub, exact, seed)
-        r, depth[name] = link_radius(d[:, :LINK_NEIGHBOURS])
+        if sub is None:
+            d, i = knn_join(z, deep, one_list(n))
+        elif len(names) > 1:
+            d, i = knn_join(z, LINK_NEIGHBOURS, one_list(n), sub)
+        else:
+            d = i = None
+        r, depth[name] = link_radius(d[:, :LINK_NEIGHBOURS]) if d is not None else (0.0, np.nan)
         tried[name] = (z, r, (d, i) if sub is None else None)
     order = sorted(tried, key=lambda s: (depth[s] if np.isfinite(depth[s]) else np.inf, s != "per-column standardised"))
     # the spaces with a valley among the sampled rows, best first (else the first): keep the first whose
     # valley holds in all rows, or the last one tried, linking exact repeats only
-    for name in [s for s in order if np.isfinite(depth[s])] or order[:1]:
-        z, r, full = tried[name]
+    lists = one_list(n)
+    candidates = [s for s in order if np.isfinite(depth[s])] or order[:1]
+    for name in list(tried):
+        if name not in candidates:
+            del tried[name]  # its rows are no longer needed (memory)
+    for name in candidates:
+        z, r, full = tried.pop(name)
         if full is None:  # the radius from every row's neighbours, not the sample's
-            full = neighbours(z, deep, None, exact, seed)
+            lists = pool_lists(z, exact, seed, progress)
+            how = "exact" if lists.exact else (f"{len(lists.bounds) - 1:,} k-means lists, each row compared with "
+                                               f"the rows of its {lists.probes.shape[1]} nearest")
+            _say(progress, f"  the {deep} nearest neighbours of every row ({n:,} rows, {name} features; {how})")
+            full = knn_join(z, deep, lists, progress=progress)
             r, depth[name] = link_radius(full[0][:, :LINK_NEIGHBOURS])
+            if not lists.exact:
+                full = _search_again(z, full, r, lists, progress)
+                r, depth[name] = link_radius(full[0][:, :LINK_NEIGHBOURS])
         if r > 0:
             break
     d, i = full
@@ -276,43 +705,55 @@ def link_rows(x: np.ndarray, space: str | None = None, exact: bool | None = None
     while r > 0 and np.bincount(groups).max() > max(MAX_CLUSTER_SHARE * n, 100):
         r = r * RADIUS_STEP if r * RADIUS_STEP > floor else 0.0
         groups = components(near_d, near_i, r)
-    return Linking(name, z, d, i, r, groups, depth)
+    return Linking(name, z, d, i, r, groups, depth, lists)
+
+
+def _search_again(z: np.ndarray, found: tuple[np.ndarray, np.ndarray], radius: float, lists: Lists,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbour lists ``found`` with the rows whose nearest neighbour is farther than ``radius`` (no
+    near-copy found) searched again in their ``SECOND_PROBES`` nearest lists, fewer when those rows x probes x
+    rows per list would pass the first search's cost (then none when that leaves no more than the first
+    search's probes); each row keeps the nearest of what either search found."""
+    d, i = found
+    far = np.flatnonzero(d[:, 0] > radius)
+    per_list = len(z) / max(len(lists.bounds) - 1, 1)
+    first = lists.probes.shape[1]
+    probes = int(min(SECOND_PROBES, len(z) * first // max(len(far), 1)))
+    if len(far) == 0 or probes <= first or lists.centroids is None:
+        return d, i
+    _say(progress, f"  searching again the {len(far):,} rows without a near-copy among their neighbours, in their "
+                   f"{probes} nearest lists (about {probes * per_list:,.0f} rows each)")
+    top_probes = min(len(lists.top), TOP_PROBES + 2 * int(np.ceil(probes * len(lists.top) / len(lists.centroids))))
+    near = nearest_lists(z[far], lists.centroids, lists.top, lists.cells, probes, top_probes)
+    d2, i2 = knn_join(z, d.shape[1], lists, far, progress, "  nearest neighbours, again", probes=near)
+    # the nearest of both searches, each row once
+    cd, ci = np.hstack([d[far], d2]), np.hstack([i[far], i2])
+    by_row = np.lexsort((cd, ci), axis=-1)
+    cd, ci = np.take_along_axis(cd, by_row, axis=1), np.take_along_axis(ci, by_row, axis=1)
+    cd[:, 1:][(ci[:, 1:] == ci[:, :-1]) & (ci[:, 1:] >= 0)] = np.inf  # a row found by both: once
+    best = np.argsort(cd, axis=1, kind="stable")[:, :d.shape[1]]
+    d, i = d.copy(), i.copy()
+    d[far], i[far] = np.take_along_axis(cd, best, axis=1), np.take_along_axis(ci, best, axis=1)
+    i[far] = np.where(np.isfinite(d[far]), i[far], -1)
+    return d, i
 
 
 def nearest_outside(z_train: np.ndarray, groups_train: np.ndarray, query: np.ndarray, exact: bool | None = None,
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per query row: the distance to its nearest training row, and to the nearest training row of
-    another (pseudo-)parent than that one's.
+    another (pseudo-)parent than that one's (exact; ``exact`` and ``seed`` are kept for compatibility).
 
     A copy of a training row's original sits much closer to it than to any other original; a fresh
-    row is about as close to the nearest original as to the next. Searches as many rows as the
-    largest family holds plus one (at least ``OUTSIDE_NEIGHBOURS``, at most ``MAX_FIRST_SEARCH``),
-    then, for rows whose neighbours are still all one family, up to ``MAX_FAMILY_SEARCH``; beyond
-    that the farthest row searched stands in (a lower bound).
+    row is about as close to the nearest original as to the next.
     """
-    n = len(z_train)
+    n, q = len(z_train), len(query)
     if n == 0:
-        return np.full(len(query), np.inf), np.full(len(query), np.inf)
-    index = build_index(z_train, len(query), exact, seed)
-    sizes = np.bincount(groups_train)
-    # one search deep enough to step out of the largest family, when that is cheap
-    d, i = search(index, query, int(min(n, max(OUTSIDE_NEIGHBOURS, min(sizes.max() + 1, MAX_FIRST_SEARCH)))))
-    family = groups_train[i[:, 0]]
-    other = (groups_train[np.clip(i, 0, None)] != family[:, None]) & (i >= 0)
-    outside = np.where(other, d, np.inf).min(axis=1)
-    stuck = np.flatnonzero(~np.isfinite(outside))
-    if len(stuck):
-        k = int(min(n, sizes[family[stuck]].max() + 1, MAX_FAMILY_SEARCH))
-        if k > d.shape[1]:
-            d2, i2 = search(index, query[stuck], k)
-            o2 = (groups_train[np.clip(i2, 0, None)] != family[stuck][:, None]) & (i2 >= 0)
-            outside[stuck] = np.where(o2, d2, np.inf).min(axis=1)
-            last = d2[:, -1]
-        else:
-            last = d[stuck, -1]
-        still = ~np.isfinite(outside[stuck])
-        outside[stuck[still]] = last[still]
-    return d[:, 0], outside
+        return np.full(q, np.inf), np.full(q, np.inf)
+    z = np.ascontiguousarray(np.vstack([z_train, query]), dtype=np.float32)
+    groups = np.r_[np.asarray(groups_train, dtype=np.int64), np.full(q, -1)]
+    d1, _, outside = nearest_two_groups(z, np.arange(n, n + q), np.r_[np.ones(n, bool), np.zeros(q, bool)],
+                                        groups, one_list(n + q))
+    return d1, outside
 
 
 # --------------------------------------------------------------------------- near-duplicate scan
@@ -344,6 +785,7 @@ class NearDuplicateScan:
     n_units_below: int = 0  # ... of them below the threshold
     groups: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))  # (pseudo-)parent of each train/val row
     extra: dict = field(default_factory=dict)
+    link: Linking | None = field(default=None, repr=False)  # the search every distance was read from (reusable)
 
     @property
     def ratio(self) -> np.ndarray:
@@ -356,6 +798,11 @@ class NearDuplicateScan:
         return bool(self.leaked_share >= MIN_LEAKED_SHARE and self.p_value < P_MAX)
 
 
+def _n_groups(groups: np.ndarray) -> int:
+    """How many groups the labels 0 .. G-1 name (pd.factorize and connected_components give such labels)."""
+    return int(groups.max()) + 1 if len(groups) else 0
+
+
 def reference_splits(groups: np.ndarray, val_fraction: float, n_splits: int, seed: int):
     """Clean re-splits: whole (pseudo-)parents go to one side (GroupShuffleSplit)."""
     n_groups = len(np.unique(groups))
@@ -364,18 +811,29 @@ def reference_splits(groups: np.ndarray, val_fraction: float, n_splits: int, see
     return splitter.split(np.zeros(len(groups)), groups=groups)
 
 
+def _fallback_lists(link: Linking, n_rows: int, n_base: int) -> Lists:
+    """Where rows whose neighbour list falls short are searched again: exactly (one list) while rows x base
+    rows stays under ``FALLBACK_EXACT_LIMIT`` (always when the pool was searched exactly), else in their lists."""
+    if link.exact or float(n_rows) * n_base <= FALLBACK_EXACT_LIMIT:
+        return one_list(len(link.z))
+    return link.lists
+
+
 def split_distances(link: Linking, groups: np.ndarray, train: np.ndarray, query: np.ndarray,
                     exact: bool | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`nearest_outside` for the rows ``query`` of ``link`` against its rows ``train``.
+    """For the rows ``query`` of ``link`` against its rows ``train``: the distance to the nearest training
+    row, and to the nearest training row of another (pseudo-)parent than that one's.
 
     Read from the rows' neighbour lists where they reach a training row of another (pseudo-)parent
-    than the nearest training row's; the other rows are searched against ``train``.
+    than the nearest training row's; the other rows are searched again (:func:`nearest_two_groups`;
+    exactly against all training rows unless they are many, see :func:`_fallback_lists`).
+    ``exact`` and ``seed`` are kept for compatibility.
     """
+    query = np.asarray(query, dtype=np.int64)
     is_train = np.zeros(len(link.z), bool)
     is_train[train] = True
     idx, dist = link.idx[query], link.dist[query]
-    ok_idx = idx >= 0
-    cand = is_train[np.clip(idx, 0, None)] & ok_idx
+    cand = is_train[np.clip(idx, 0, None)] & (idx >= 0)
     first = cand.argmax(axis=1)
     rows = np.arange(len(query))
     d1 = np.where(cand.any(axis=1), dist[rows, first], np.inf)
@@ -384,8 +842,49 @@ def split_distances(link: Linking, groups: np.ndarray, train: np.ndarray, query:
     outside = np.where(other, dist, np.inf).min(axis=1)
     redo = np.flatnonzero(~np.isfinite(outside))
     if len(redo):
-        d1[redo], outside[redo] = nearest_outside(link.z[train], groups[train], link.z[query[redo]], exact, seed)
+        lists = _fallback_lists(link, len(redo), int(is_train.sum()))
+        d1[redo], _, outside[redo] = nearest_two_groups(link.z, query[redo], is_train, groups, lists)
     return d1, outside
+
+
+def train_loo(link: Linking, train: np.ndarray) -> np.ndarray:
+    """Each training row's distance to its nearest other training row: from the neighbour lists, searched
+    again for rows whose list holds no other training row."""
+    train = np.asarray(train, dtype=np.int64)
+    is_train = np.zeros(len(link.z), bool)
+    is_train[train] = True
+    idx = link.idx[train]
+    in_train = is_train[np.clip(idx, 0, None)] & (idx >= 0)
+    d = np.where(in_train, link.dist[train], np.inf).min(axis=1)
+    missing = np.flatnonzero(~np.isfinite(d))
+    if len(missing) and len(train) > 1:
+        rows = train[missing]
+        # every row its own group: the nearest row of another group than the row itself, when that is the nearest
+        d1, g1, d2 = nearest_two_groups(link.z, rows, is_train, np.arange(len(link.z)),
+                                        _fallback_lists(link, len(rows), len(train)))
+        d[missing] = np.where(g1 == rows, d2, d1)
+    return d
+
+
+def count_repeats(x: np.ndarray, step: int = 1 << 16) -> int:
+    """Rows whose feature vector repeats an earlier row's exactly (pandas' ``duplicated``), found by hashing
+    the rows (chunk by chunk) and comparing only those whose hashes collide."""
+    n = len(x)
+    if n < 2:
+        return 0
+    h = np.empty(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for s in range(0, n, step):
+            a = np.ascontiguousarray(x[s:s + step], dtype=np.float64) + 0.0  # -0.0 == 0.0
+            hs = np.full(len(a), 0xCBF29CE484222325, dtype=np.uint64)
+            for col in a.view(np.uint64).reshape(len(a), -1).T:  # FNV-style mixing, wrapping in uint64
+                hs = (hs ^ col) * np.uint64(0x100000001B3)
+                hs ^= hs >> np.uint64(29)
+            h[s:s + step] = hs
+    collide = np.flatnonzero(pd.Series(h).duplicated(keep=False).to_numpy())
+    if not len(collide):
+        return 0
+    return int(pd.DataFrame(np.asarray(x[collide], dtype=np.float64) + 0.0).duplicated().sum())
 
 
 def _unit_ratios(link, groups, train, val, exact, seed) -> tuple[np.ndarray, np.ndarray, pd.Series]:
@@ -397,7 +896,8 @@ def _unit_ratios(link, groups, train, val, exact, seed) -> tuple[np.ndarray, np.
 
 def near_duplicate_scan(x: np.ndarray, is_train: np.ndarray, is_val: np.ndarray, parent: np.ndarray | None = None,
                         seed: int = 0, n_reference_splits: int | None = None, exact: bool | None = None,
-                        exact_duplicates: int | None = None, space: str | None = None) -> NearDuplicateScan:
+                        exact_duplicates: int | None = None, space: str | None = None, link: Linking | None = None,
+                        progress: bool | None = None) -> NearDuplicateScan:
     """Near-duplicate leakage from features alone.
 
     ``x``: the features of all rows as given (the scan scales them, see :func:`link_rows`);
@@ -408,30 +908,42 @@ def near_duplicate_scan(x: np.ndarray, is_train: np.ndarray, is_val: np.ndarray,
     (:func:`link_rows`). A validation (pseudo-)parent counts as leaked when its median ratio is
     below the reference's ``ALPHA`` quantile; the leaked share is the excess over ``ALPHA`` of
     validation rows so counted, and a binomial test on (pseudo-)parents decides.
+
+    Every distance is read from one all-pairs search of the train+val rows (:func:`link_rows`), searched
+    again only for the rows whose neighbour list falls short. ``link``: that search from an earlier scan of
+    the same train+val rows and features (another split of them, or other parent ids), reused as it is.
+    ``progress`` (default: pools of at least ``PROGRESS_ROWS`` rows) prints what the scan is doing.
     """
     is_train, is_val = np.asarray(is_train, bool), np.asarray(is_val, bool)
     pool = np.flatnonzero(is_train | is_val)
-    link = link_rows(np.asarray(x)[pool], space, exact, seed)
-    z = link.z
+    progress = len(pool) >= PROGRESS_ROWS if progress is None else progress
+    if link is None or (exact_duplicates is None and link.n_exact_duplicates is None):
+        x = np.asarray(x)
+        rows = x if len(pool) == len(x) else x[pool]  # no copy when every row is train or validation
+    if link is None:
+        _say(progress, f"near-duplicate scan of {len(pool):,} train and validation rows:")
+        link = link_rows(rows, space, exact, seed, progress)
+    elif len(link.z) != len(pool):
+        raise ValueError(f"link: searched {len(link.z)} rows, but this split has {len(pool)} train and validation rows")
+    if exact_duplicates is None:
+        if link.n_exact_duplicates is None:
+            link.n_exact_duplicates = count_repeats(rows)
+        exact_duplicates = link.n_exact_duplicates
     if parent is not None:
         groups, kind = pd.factorize(pd.Series(np.asarray(parent)[pool]))[0].astype(np.int64), "parent_id"
     else:
         groups = link.groups
-        kind = "pseudo-parents" if len(np.unique(groups)) < len(pool) else "rows"
+        kind = "pseudo-parents" if _n_groups(groups) < len(pool) else "rows"
     tr, va = np.flatnonzero(is_train[pool]), np.flatnonzero(is_val[pool])
     n_val = len(va)
+    _say(progress, f"  reading the distances of this split and of the clean re-splits (by {kind})")
     d_val, d_out, actual = _unit_ratios(link, groups, tr, va, exact, seed)
     # each training row's nearest other training row, from the rows' neighbour lists
-    in_train = is_train[pool][np.clip(link.idx[tr], 0, None)] & (link.idx[tr] >= 0)
-    d_loo = np.where(in_train, link.dist[tr], np.inf).min(axis=1)
-    missing = np.flatnonzero(~np.isfinite(d_loo))
-    if len(missing) and len(tr) > 1:
-        dd, ii = search(build_index(z[tr], len(missing), exact, seed), z[tr[missing]], 2)
-        d_loo[missing] = np.where(ii == missing[:, None], np.inf, dd).min(axis=1)
+    d_loo = train_loo(link, tr)
     if n_reference_splits is None:
         n_reference_splits = 5 if len(pool) <= 100_000 else 1
     ref = []
-    if len(np.unique(groups)) >= 2:
+    if _n_groups(groups) >= 2:
         for rtr, rva in reference_splits(groups, n_val / len(pool), n_reference_splits, seed):
             ref.append(_unit_ratios(link, groups, rtr, rva, exact, seed)[2].to_numpy())
     reference = np.concatenate(ref) if ref else np.array([])
@@ -443,13 +955,11 @@ def near_duplicate_scan(x: np.ndarray, is_train: np.ndarray, is_val: np.ndarray,
     share = max(0.0, (below / n_val - ALPHA) / (1 - ALPHA)) if n_val and np.isfinite(threshold) else np.nan
     p = (binomtest(int(low.sum()), n_units, ALPHA, alternative="greater").pvalue
          if n_units and np.isfinite(threshold) else np.nan)
-    if exact_duplicates is None:
-        exact_duplicates = int(pd.DataFrame(np.asarray(x)[pool]).duplicated().sum())
     train_sizes = np.bincount(groups[tr]) if len(tr) else np.array([], dtype=np.int64)
     train_near = float(np.mean(train_sizes[groups[tr]] > 1)) if len(tr) else np.nan
     return NearDuplicateScan(d_val, d_out, d_loo, reference, kind, threshold, below, share, float(p), link.space,
                              link.radius if parent is None else np.nan, exact_duplicates, train_near, n_units,
-                             int(low.sum()), groups, {"valley_depth": link.depth})
+                             int(low.sum()), groups, {"valley_depth": link.depth}, link)
 
 
 # --------------------------------------------------------------------------- augmentation

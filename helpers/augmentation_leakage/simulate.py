@@ -81,3 +81,58 @@ def write(out_dir: Path, cfg: LeakageConfig | None = None) -> list[Path]:
     paths[2].write_text(json.dumps(run["declared_copies"], indent=2) + "\n")
     paths[3].write_text(json.dumps(run["losses"], indent=2) + "\n")
     return paths
+
+
+# --------------------------------------------------------------------------- exercises
+def rows(cfg: LeakageConfig | None = None) -> pd.DataFrame:
+    """The samples table :func:`simulate` makes for ``cfg`` (the same rows and split), without training its
+    model: no group metrics and no logged losses, in a fraction of the time. For exercises on the rows only."""
+    cfg = cfg or LeakageConfig()
+    parents = lab.make_parents(cfg.per_group, cfg.seed)
+    if cfg.order == "augment_then_split":
+        table = lab.augment(parents, cfg.copies, cfg.noise, cfg.seed + 1)
+        val = lab.split_rows(table, cfg.val_fraction, cfg.seed)
+    elif cfg.order == "split_then_augment":
+        p_val = lab.split_rows(parents, cfg.val_fraction, cfg.seed)
+        train = lab.augment(parents[~p_val], cfg.copies, cfg.noise, cfg.seed + 1)
+        table = pd.concat([train, parents[p_val].assign(is_augmented=0)], ignore_index=True)
+        val = np.r_[np.zeros(len(train), bool), np.ones(int(p_val.sum()), bool)]
+    elif cfg.order == "group_split":
+        table = lab.augment(parents, cfg.copies, cfg.noise, cfg.seed + 1)
+        val = lab.split_by_parent(table, cfg.val_fraction, cfg.seed)
+    else:
+        raise ValueError(f"unknown order {cfg.order!r}")
+    samples = table.assign(split=np.where(val, "val", "train"))
+    samples.insert(0, "sample_id", np.arange(len(samples), dtype=np.int64))
+    samples = samples[["sample_id", "split", "group", "tier", "parent_id", "is_augmented", "target", *lab.FEATURES]]
+    samples[lab.FEATURES] = samples[lab.FEATURES].astype(np.float32)
+    samples["target"] = samples["target"].astype(np.float32)
+    return samples
+
+
+def unlabelled_pair(seed: int, **changes) -> dict[str, pd.DataFrame]:
+    """Two runs' samples tables (:func:`rows`) for an exercise, ``"A"`` and ``"B"``: the same task, one augmented
+    before its row-wise split, the other split first and only its training rows augmented. Which is which is
+    drawn from ``seed`` and recorded nowhere in the tables (their rows are shuffled, ``sample_id`` numbered
+    afresh); ``changes`` set other fields of :class:`LeakageConfig`."""
+    orders = np.random.default_rng([seed, 5]).permutation(["augment_then_split", "split_then_augment"])
+    out = {}
+    for name, order in zip("AB", orders, strict=True):
+        table = rows(LeakageConfig(**{"seed": seed, **changes, "order": str(order)}))
+        table = table.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+        out[name] = table.assign(sample_id=np.arange(len(table), dtype=np.int64))
+    return out
+
+
+def parameters(out_dir: Path, **changes) -> dict:
+    """The parameters of ``diagnosis.load_inputs`` for the run in ``out_dir``: its ``samples.parquet`` and, where
+    they are there (as :func:`write` writes them), its declared copies, group metrics and logged losses; seed 0,
+    no output. ``changes`` set any of them."""
+    out_dir = Path(out_dir)
+    losses_path = out_dir / "losses.json"
+    losses = json.loads(losses_path.read_text()) if losses_path.exists() else {}
+    companion = {name: str(out_dir / file) if (out_dir / file).exists() else ""
+                 for name, file in (("declared_copies", "declared_copies.json"), ("group_metrics", "group_metrics.csv"))}
+    return {"samples": str(out_dir / "samples.parquet"), "feature_columns": [], **companion, "baseline_run": "baseline",
+            "train_loss": losses.get("train_loss", float("nan")), "val_loss": losses.get("val_loss", float("nan")),
+            "output_dir": "", "run_demos": False, "seed": 0, **changes}
