@@ -73,11 +73,20 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
     try:
         # shutdown_kernel="immediate": once the last cell has run (summary.json and figures written), the kernel
         # is killed instead of asked to exit; a graceful exit of a kernel holding torch & co. took 1.5-2.7 s.
-        pm.execute_notebook(str(source or NOTEBOOKS / f"{name}.ipynb"), str(executed), parameters=params,
-                            kernel_name=KERNEL, cwd=str(cwd) if cwd else None,
-                            progress_bar=progress, log_output=False,
-                            kernel_manager_class=kernel_manager_class(), shutdown_kernel="immediate",
-                            execution_timeout=cell_timeout, store_widget_state=False)
+        for attempt in (1, 2):
+            try:
+                pm.execute_notebook(str(source or NOTEBOOKS / f"{name}.ipynb"), str(executed), parameters=params,
+                                    kernel_name=KERNEL, cwd=str(cwd) if cwd else None,
+                                    progress_bar=progress, log_output=False,
+                                    kernel_manager_class=kernel_manager_class(), shutdown_kernel="immediate",
+                                    execution_timeout=cell_timeout, store_widget_state=False)
+                break
+            except RuntimeError as exc:
+                # jupyter_client picks free ports, then the kernel binds them: another process starting at
+                # that moment can take one ("Address already in use"), and the kernel dies before any cell
+                # ran. Nothing of the notebook executed, so one new start is safe.
+                if attempt == 2 or "Kernel died before replying to kernel_info" not in str(exc):
+                    raise
     except pm.PapermillExecutionError as exc:
         lines = [_ANSI.sub("", t) for t in exc.traceback if t.strip()]
         last = lines[-1].strip().splitlines()[-1] if lines else f"{exc.ename}: {exc.evalue}"
