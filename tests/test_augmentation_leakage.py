@@ -344,7 +344,7 @@ def test_feature_columns_as_text(tmp_path):
 def test_a_variant_diagnosed_with_reuse_reads_the_same_search_and_gives_the_same_findings(tmp_path):
     """``dx.diagnose(variant, params, reuse=diag)``: the variant's findings and metrics are those of a fresh
     diagnosis (re-split by parent, parent ids dropped), without searching again; other rows are refused."""
-    df, feats = diabetes_frame(copies=5, noise=0.02)
+    df, feats = diabetes_frame(copies=2, noise=0.02)
     df.to_parquet(tmp_path / "s.parquet")
     r = pipeline(dx, samples=str(tmp_path / "s.parquet"), output_dir=str(tmp_path / "out"), **with_losses(df, feats))
     resplit = r.run.samples.assign(split=np.where(r.run.samples["parent_id"] % 5 == 0, "val", "train"))

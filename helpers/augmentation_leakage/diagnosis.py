@@ -65,7 +65,9 @@ class Run:
 
     To diagnose a variant of the run (the samples re-split, or some columns dropped), keep
     everything else and swap the table: ``dx.diagnose(dataclasses.replace(run, samples=s), params)``;
-    ``s`` keeps the ``split`` column and the run's ``features``.
+    ``s`` keeps the ``split`` column and the run's ``features``. When the variant keeps the same train and
+    validation rows (in any split between the two) and features, ``reuse=diag`` reads the diagnosis
+    ``diag``'s nearest-neighbour search again instead of repeating it.
     """
 
     samples: pd.DataFrame

@@ -8,9 +8,16 @@ clusters (:func:`link_rows`), and judges each validation row by its distance to 
 training row over its distance to the nearest training row of another cluster, against clean
 re-splits of the same rows.
 
-Nearest neighbours come from faiss (``IndexFlatL2``, exact, for the sizes a notebook meets;
-an inverted-file index ``IndexIVFFlat`` above ``EXACT_LIMIT`` distance evaluations). Tests
-cross-check the distances against ``sklearn.neighbors.NearestNeighbors``.
+Every distance of the scan is read from one all-pairs k-nearest-neighbour search of the train and
+validation rows (:func:`link_rows`: :func:`pool_lists`, :func:`knn_join`): exact for the sizes a
+notebook meets (BLAS products in blocks fed into faiss heaps, as ``IndexFlatL2`` searches), and above
+``POOL_EXACT_LIMIT`` an inverted-file search, each row compared with the rows of its few nearest
+k-means lists (faiss k-means); the rows with no near-copy among their neighbours are searched again in
+more lists. The validation-to-train, leave-one-out and reference-split distances are all read from
+those lists; a row whose list falls short is searched again (:func:`nearest_two_groups`), exactly
+while that stays small. :func:`nearest_distance` and :func:`loo_distance` are the stand-alone faiss
+searches (``IndexFlatL2``, or ``IndexIVFFlat`` above ``EXACT_LIMIT``). Tests cross-check the
+distances against ``sklearn.neighbors.NearestNeighbors``.
 """
 
 from __future__ import annotations
@@ -343,7 +350,7 @@ def ivf_lists(z: np.ndarray, seed: int = 0, probes: int = JOIN_PROBES, progress:
     n_top = int(np.ceil(np.sqrt(nlist)))
     rng = np.random.default_rng(seed)
     sample = z[np.sort(rng.choice(n, min(n, TRAIN_PER_LIST * nlist), replace=False))]
-    _say(progress, f"  k-means: {n_top} cells, then {nlist:,} lists within them, from {len(sample):,} rows")
+    _say(progress, f"  k-means: {n_top} cells, then about {nlist:,} lists within them, from {len(sample):,} rows")
     top = _kmeans(sample, n_top, seed)
     cell = _knn_rows(sample, top, 1)[1][:, 0]
     parts = [sample[cell == c] for c in range(len(top))]
@@ -722,7 +729,7 @@ def _search_again(z: np.ndarray, found: tuple[np.ndarray, np.ndarray], radius: f
     if len(far) == 0 or probes <= first or lists.centroids is None:
         return d, i
     _say(progress, f"  searching again the {len(far):,} rows without a near-copy among their neighbours, in their "
-                   f"{probes} nearest lists (about {probes * per_list:,.0f} rows each)")
+                   f"{probes} nearest lists (each compared with about {probes * per_list:,.0f} rows)")
     top_probes = min(len(lists.top), TOP_PROBES + 2 * int(np.ceil(probes * len(lists.top) / len(lists.centroids))))
     near = nearest_lists(z[far], lists.centroids, lists.top, lists.cells, probes, top_probes)
     d2, i2 = knn_join(z, d.shape[1], lists, far, progress, "  nearest neighbours, again", probes=near)
