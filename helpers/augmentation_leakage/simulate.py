@@ -32,23 +32,28 @@ class LeakageConfig:
     order: str = "augment_then_split"  # or "split_then_augment", "group_split"
 
 
-def simulate(cfg: LeakageConfig | None = None) -> dict:
-    """{"samples", "group_metrics", "declared_copies", "losses"} of one run."""
-    cfg = cfg or LeakageConfig()
+def augmented_split(cfg: LeakageConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of a run and its validation mask, augmented and split in ``cfg.order``."""
     parents = lab.make_parents(cfg.per_group, cfg.seed)
     if cfg.order == "augment_then_split":
         rows = lab.augment(parents, cfg.copies, cfg.noise, cfg.seed + 1)
-        val = lab.split_rows(rows, cfg.val_fraction, cfg.seed)
-    elif cfg.order == "split_then_augment":
+        return rows, lab.split_rows(rows, cfg.val_fraction, cfg.seed)
+    if cfg.order == "split_then_augment":
         p_val = lab.split_rows(parents, cfg.val_fraction, cfg.seed)
         train = lab.augment(parents[~p_val], cfg.copies, cfg.noise, cfg.seed + 1)
         rows = pd.concat([train, parents[p_val].assign(is_augmented=0)], ignore_index=True)
-        val = np.r_[np.zeros(len(train), bool), np.ones(int(p_val.sum()), bool)]
-    elif cfg.order == "group_split":
+        return rows, np.r_[np.zeros(len(train), bool), np.ones(int(p_val.sum()), bool)]
+    if cfg.order == "group_split":
         rows = lab.augment(parents, cfg.copies, cfg.noise, cfg.seed + 1)
-        val = lab.split_by_parent(rows, cfg.val_fraction, cfg.seed)
-    else:
-        raise ValueError(f"unknown order {cfg.order!r}")
+        return rows, lab.split_by_parent(rows, cfg.val_fraction, cfg.seed)
+    raise ValueError(f"unknown order {cfg.order!r}")
+
+
+def simulate(cfg: LeakageConfig | None = None) -> dict:
+    """{"samples", "group_metrics", "declared_copies", "losses"} of one run."""
+    cfg = cfg or LeakageConfig()
+    rows, val = augmented_split(cfg)
+    parents = lab.make_parents(cfg.per_group, cfg.seed)  # the baseline is trained on the originals, split by parent
     est = lab.fit(rows[~val], cfg.seed)
     run = lab.per_group_mse(est, rows[val])
     p_val = lab.split_by_parent(parents, cfg.val_fraction, cfg.seed)
@@ -88,20 +93,7 @@ def rows(cfg: LeakageConfig | None = None) -> pd.DataFrame:
     """The samples table :func:`simulate` makes for ``cfg`` (the same rows and split), without training its
     model: no group metrics and no logged losses, in a fraction of the time. For exercises on the rows only."""
     cfg = cfg or LeakageConfig()
-    parents = lab.make_parents(cfg.per_group, cfg.seed)
-    if cfg.order == "augment_then_split":
-        table = lab.augment(parents, cfg.copies, cfg.noise, cfg.seed + 1)
-        val = lab.split_rows(table, cfg.val_fraction, cfg.seed)
-    elif cfg.order == "split_then_augment":
-        p_val = lab.split_rows(parents, cfg.val_fraction, cfg.seed)
-        train = lab.augment(parents[~p_val], cfg.copies, cfg.noise, cfg.seed + 1)
-        table = pd.concat([train, parents[p_val].assign(is_augmented=0)], ignore_index=True)
-        val = np.r_[np.zeros(len(train), bool), np.ones(int(p_val.sum()), bool)]
-    elif cfg.order == "group_split":
-        table = lab.augment(parents, cfg.copies, cfg.noise, cfg.seed + 1)
-        val = lab.split_by_parent(table, cfg.val_fraction, cfg.seed)
-    else:
-        raise ValueError(f"unknown order {cfg.order!r}")
+    table, val = augmented_split(cfg)
     samples = table.assign(split=np.where(val, "val", "train"))
     samples.insert(0, "sample_id", np.arange(len(samples), dtype=np.int64))
     samples = samples[["sample_id", "split", "group", "tier", "parent_id", "is_augmented", "target", *lab.FEATURES]]
