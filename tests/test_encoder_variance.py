@@ -301,6 +301,24 @@ def test_noise_over_between_with_negligible_sampling_does_not_lower_the_kl_weigh
     assert "measured no fix" in f["representation_collapse"].action
 
 
+def test_lowering_the_kl_weight_says_its_limit_when_the_means_barely_separate_puzzles():
+    """Sampling noise is large (lowering the KL weight helps) but the means' ICC is under one half:
+    even with no noise at all the between share stays under the threshold, and the action says so."""
+    rng = np.random.default_rng(1)
+    g = np.repeat(np.arange(100), 6)
+    z = 0.6 * rng.normal(size=(100, 16))[g] + rng.normal(size=(600, 16))  # ICC of the means about 0.26
+    samples = z[:, None] + 1.5 * rng.normal(size=(600, 8, 16))
+    diag = dx.diagnose(dx.Run(dx.EncoderRun.from_arrays({"z": z, "group": g, "z_samples": samples})), {"seed": 0})
+    f = {x.id: x for x in dx.findings(diag)}
+    icc = diag.main.decomposition.icc
+    assert 0.1 < icc < dx.BETWEEN_SHARE_MIN
+    assert f["sampling_noise_dominates"].detected and not f["stochasticity_collapsed"].detected
+    action = f["representation_collapse"].action
+    assert action.startswith("Lower the KL weight") and "cannot be enough" in action
+    assert f"{icc:.0%}" in action
+    assert contradiction_free(f.values())
+
+
 def test_a_healthy_run_renders_nothing_to_change(tmp_path, new_runs):
     r = pipeline(dx, embeddings=write_npz(tmp_path / "healthy.npz", **new_runs["healthy_variational"]), compare=[],
                  output_dir=str(tmp_path / "out"))

@@ -370,9 +370,13 @@ def actions(m: Measurements, f: dict[str, Finding]) -> dict[str, tuple[str, str]
     if f["representation_collapse"].detected:
         means = f"the posterior means {'do' if d.icc >= BETWEEN_SHARE_MIN else 'barely'} separate puzzles (ICC {d.icc:.2f})"
         if m.run.has_sampling and not collapsed and (noisy or d.icc >= BETWEEN_SHARE_MIN):
+            limit = ("" if d.icc >= BETWEEN_SHARE_MIN else
+                     f" That alone cannot be enough: with no sampling noise at all the between share would be the "
+                     f"ICC of the means, {d.icc:.0%}, still below {BETWEEN_SHARE_MIN:.0%}, so the means must also "
+                     "come to separate puzzles (this notebook measured no fix for that).")
             out["representation_collapse"] = (
                 f"Lower the KL weight: only {d.between_share:.0%} of the variance of a sampled "
-                f"embedding separates puzzles, {noise}, and {means}.", "lower")
+                f"embedding separates puzzles, {noise}, and {means}.{limit}", "lower")
         else:
             why = (f"sampling is only {ss:.1%} of the variance, so the KL weight is not the cause" if m.run.has_sampling
                    else "sampling not measured: give 'z_samples' or 'logvar' to see whether noise is part of it")
