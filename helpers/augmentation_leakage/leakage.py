@@ -63,6 +63,7 @@ PROGRESS_ROWS = 200_000  # pools at least this large report what the scan is doi
 # near-duplicate leakage: the reference's ALPHA quantile is the "closer than a fresh sample" threshold;
 # detected when the excess share over ALPHA is at least MIN_LEAKED_SHARE with a binomial p below P_MAX.
 ALPHA = 0.01
+REFERENCE_MEDIANS = 2000  # at least this many size-matched reference medians, so the ALPHA quantile is steady
 MIN_LEAKED_SHARE = 0.02
 P_MAX = 1e-3
 # without parent ids, rows linked to one of their LINK_NEIGHBOURS nearest rows closer than the valley
@@ -811,7 +812,8 @@ def _n_groups(groups: np.ndarray) -> int:
 
 
 def reference_splits(groups: np.ndarray, val_fraction: float, n_splits: int, seed: int):
-    """Clean re-splits: whole (pseudo-)parents go to one side (GroupShuffleSplit)."""
+    """Clean re-splits: whole (pseudo-)parents go to one side (GroupShuffleSplit); ``val_fraction`` is the
+    share of (pseudo-)parents in validation."""
     n_groups = len(np.unique(groups))
     test_size = min(max(val_fraction, 1.0 / n_groups), 1 - 1.0 / n_groups)
     splitter = GroupShuffleSplit(n_splits=n_splits, test_size=test_size, random_state=seed)
@@ -895,10 +897,31 @@ def count_repeats(x: np.ndarray, step: int = 1 << 16) -> int:
 
 
 def _unit_ratios(link, groups, train, val, exact, seed) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+    """Each validation row's distances, and each validation unit's median ratio."""
     d, outside = split_distances(link, groups, train, val, exact, seed)
+    return d, outside, pd.Series(_ratio(d, outside)).groupby(groups[val]).median()
+
+
+def _ratio(d: np.ndarray, outside: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(outside > 0, d / outside, 0.0)
-    return d, outside, pd.Series(ratio).groupby(groups[val]).median()
+        return np.where(outside > 0, d / outside, 0.0)
+
+
+def _matched_medians(ratio: np.ndarray, unit: np.ndarray, sizes: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    """Reference medians of the same sizes as the units under test: ``draws`` times, each unit keeps a random
+    subset of its rows, of a size drawn from ``sizes`` (the row counts of the validation units under test),
+    and its median is taken. A median of one row spreads far wider than a median of fifty, so a reference
+    of large units beside validation units of single rows (the common clean run: copies made in training
+    only) would put clean single rows below the reference quantile far more often than ``ALPHA``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(draws):
+        order = rng.permutation(len(ratio))
+        codes, _ = pd.factorize(unit[order])
+        rank = pd.Series(codes).groupby(codes).cumcount().to_numpy()
+        keep = rank < rng.choice(sizes, size=codes.max() + 1)[codes]
+        out.append(pd.Series(ratio[order][keep]).groupby(codes[keep]).median().to_numpy())
+    return np.concatenate(out)
 
 
 def near_duplicate_scan(x: np.ndarray, is_train: np.ndarray, is_val: np.ndarray, parent: np.ndarray | None = None,
@@ -951,8 +974,16 @@ def near_duplicate_scan(x: np.ndarray, is_train: np.ndarray, is_val: np.ndarray,
         n_reference_splits = 5 if len(pool) <= 100_000 else 1
     ref = []
     if _n_groups(groups) >= 2:
-        for rtr, rva in reference_splits(groups, n_val / len(pool), n_reference_splits, seed):
-            ref.append(_unit_ratios(link, groups, rtr, rva, exact, seed)[2].to_numpy())
+        sizes = np.bincount(groups[va])
+        sizes = sizes[sizes > 0]
+        # the reference puts as large a share of (pseudo-)parents in validation as this split has (at most half):
+        # a share of rows would leave one or two large parents there when validation holds only single rows
+        share = min(max(n_val / len(pool), len(np.unique(groups[va])) / _n_groups(groups)), 0.5)
+        for i, (rtr, rva) in enumerate(reference_splits(groups, share, n_reference_splits, seed)):
+            d, outside = split_distances(link, groups, rtr, rva, exact, seed)
+            units = len(np.unique(groups[rva]))
+            draws = max(1, -(-REFERENCE_MEDIANS // max(1, units * n_reference_splits)))
+            ref.append(_matched_medians(_ratio(d, outside), groups[rva], sizes, draws, seed + 1 + i))
     reference = np.concatenate(ref) if ref else np.array([])
     threshold = float(np.quantile(reference, ALPHA)) if len(reference) else np.nan
     sizes = pd.Series(groups[va]).value_counts()
