@@ -25,7 +25,8 @@ Two rows per notebook:
 
 The detail names the slowest cells (papermill's per-cell durations). ``--quick`` (tiny sizes)
 checks the machinery: every input is generated and read by its notebook's ``load_inputs``, every
-baseline's code runs in-process, and one notebook (02) goes through the whole papermill path.
+baseline's code runs in-process, and one floor notebook goes through papermill with its peak cell (the rows
+built from such executions are tested with the executions stood in, in tests/test_bench.py).
 ``python bench/notebooks_at_scale.py 02 04`` runs the rows of some notebooks only.
 """
 
@@ -49,7 +50,7 @@ ROOT = HERE.parent
 TIME_TARGET = 3.0
 MEMORY_TARGET = 3.0
 REPEATS = 2
-QUICK_PAPERMILL = ("02_encoder_variance",)  # the notebook --quick executes end to end
+QUICK_FLOOR = "01_r2_gap"  # the floor notebook --quick executes through papermill (the lightest import cell)
 
 # appended to every executed copy: the kernel's own peak resident set (kB), printed on one line
 PEAK_MARK = "BENCH_PEAK_KB"
@@ -371,10 +372,13 @@ def run(quick: bool = False, only: list[str] | None = None) -> list[dict]:
     for name in names:
         if quick:
             check_inputs(name)
-            if name in QUICK_PAPERMILL:
-                rows += notebook_rows(name, quick=True)
         else:
             rows += notebook_rows(name)
+    if quick and (only is None or QUICK_FLOOR in only):
+        with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+            floor = execute(floor_with_peak(QUICK_FLOOR, Path(tmp) / "floor.ipynb"), Path(tmp) / "out.ipynb", Path(tmp))
+        rows.append({"name": f"{QUICK_FLOOR[:2]}: floor notebook through papermill, kernel peak RSS (GiB)",
+                     "value": floor.peak_kb / 2**20, "target": float("inf"), "detail": f"{floor.seconds:.1f} s"})
     return rows
 
 

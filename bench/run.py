@@ -174,7 +174,7 @@ def main(argv=None) -> int:
         jobs += [(f"at_scale:{name[:2]} {name} on a large run", lambda name=name: at_scale.notebook_rows(name))
                  for name in at_scale.MAKERS]
     else:
-        jobs.append(("at_scale (tiny inputs; 02 through papermill)", lambda: at_scale.run(quick=True)))
+        jobs.append(("at_scale (tiny inputs; one floor notebook through papermill)", lambda: at_scale.run(quick=True)))
     jobs.append(("reconciliation", lambda: [bench_reconciliation(10**5 if args.quick else 10**7)]))
     jobs.append(("streaming", lambda: [bench_streaming(10**6 if args.quick else 10**8,
                                                        chunk=10**5 if args.quick else 5_000_000)]))

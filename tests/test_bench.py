@@ -23,7 +23,7 @@ def test_bench_quick_writes_its_table(tmp_path):
     assert "BROKEN" not in table
     for row in ("candidate computations", "streamed reconciliation", "02 variance decomposition",
                 "03: diagnosis", "04: tpr@fpr", "05 near-duplicate scan",
-                "02: whole notebook on z 2e+03 x 16", "kernel peak RSS above the floor's / input in memory"):
+                "01: floor notebook through papermill, kernel peak RSS"):
         assert row in table
 
 

@@ -75,17 +75,25 @@ def exercise_notebook(nb):
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in NAMES])
-def test_the_validator_passes_the_source_and_fails_every_graded_cell_of_the_release(name, sample_execution, tmp_path):
+def test_the_validator_passes_every_graded_cell_of_the_source(name, sample_execution):
+    """The source: the sample execution (papermill, run_demos True) is the master notebook executed; the
+    Validator grades its graded cells from their outputs."""
     from nbgrader.preprocessors import CheckCellMetadata
     from nbgrader.validator import Validator
 
-    # the source: the sample execution (papermill, run_demos True) is the master notebook executed;
-    # the Validator grades its graded cells from their outputs
     _, executed = sample_execution(name)
     result = Validator(preprocessors=[CheckCellMetadata]).validate(str(executed))
     assert "failed" not in result and "changed" not in result, result
-    # the release, as nbgrader makes it: every graded cell fails when executed (stubs raise, nothing answered)
-    built = course.build(tmp_path / "course", names=[name], progress=False)
+
+
+@pytest.mark.notebook
+@pytest.mark.xdist_group("course")
+@pytest.mark.parametrize("name", NAMES)
+def test_the_validator_fails_every_graded_cell_of_the_release(name, built, tmp_path):
+    """The release, as nbgrader made it for ``make course``: every graded cell fails when executed (stubs
+    raise, nothing answered)."""
+    from nbgrader.validator import Validator
+
     release = nbformat.read(built / "release" / name / f"{name}.ipynb", as_version=4)
     path = tmp_path / "release.ipynb"
     nbformat.write(exercise_notebook(release), path)

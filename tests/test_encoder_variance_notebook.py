@@ -1,14 +1,18 @@
-"""Notebook 02 executed with papermill: the sample run (once per suite), one new run, one bad input.
+"""Notebook 02 executed with papermill: the sample run (once per suite), one new run (over HTTP), one bad input.
 
 Everything else about the pipeline is checked in-process in test_encoder_variance.py.
 """
 
+import functools
 import html
 import re
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import nbformat
 import numpy as np
 import pytest
+from face import pipeline
 from notebook_checks import failure_line
 
 from helpers.encoder_variance import diagnosis as dx
@@ -96,17 +100,36 @@ def test_notebook_on_the_sample(sample_execution):
             assert "source" in c.source
 
 
-def test_notebook_on_a_new_run(tmp_path, elsewhere):
+@pytest.fixture
+def served(elsewhere):
+    """``http://127.0.0.1:<port>/`` serving the working directory of the test."""
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(elsewhere)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_notebook_on_a_new_run_over_http(tmp_path, elsewhere, served):
     """Seed 7 (not the sample's): the KL-1 encoder's means alone, as (N, T, D) tokens with string
-    puzzle ids, compared with a healthy encoder; the lab off."""
+    puzzle ids, compared with a healthy encoder; the lab off. Both files are read over HTTP (fsspec): the
+    summary names the URLs, and the findings and metrics are the in-process pipeline's on the local files."""
     cfg = sim.with_seed(7)
     enc, _ = sim.train_encoder(1.0, True, cfg)
     demos, group = sim.evaluation_set(cfg)
     z = sim.embed(enc, demos, cfg.n_passes, seed=7)["z"]
     np.savez(elsewhere / "tokens.npz", z=z.reshape(len(z), 4, 8), group=np.array([f"puzzle {g}" for g in group]))
     save_npz(elsewhere / "healthy.npz", sim.simulate("healthy_variational", cfg))
-    s = execute(NAME, {"embeddings": "tokens.npz", "compare": "[healthy.npz]", "run_demos": False},
-                tmp_path / "out", cwd=elsewhere)
+    urls = {"embeddings": f"{served}tokens.npz", "compare": f"[{served}healthy.npz]"}
+    s = execute(NAME, {**urls, "run_demos": False}, tmp_path / "out", cwd=elsewhere)
+    assert s["inputs"] == {"embeddings": f"{served}tokens.npz", "compare[0]": f"{served}healthy.npz"}
+    local = pipeline(dx, embeddings=str(elsewhere / "tokens.npz"), compare=[str(elsewhere / "healthy.npz")],
+                     output_dir=str(tmp_path / "local")).summary.to_dict()
+    assert s["findings"] == local["findings"] and s["metrics"] == local["metrics"]
     f = s["findings"]
     assert f["sampling_noise_dominates"]["status"] == f["stochasticity_collapsed"]["status"] == "not_applicable"
     assert "neither 'z_samples' nor 'logvar'" in f["stochasticity_collapsed"]["message"]
