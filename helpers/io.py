@@ -122,7 +122,7 @@ def load_table(
     """Read a .parquet or .csv table and check its schema.
 
     ``required`` and ``optional`` map column names to a kind: ``"float"``
-    (numeric, finite), ``"int"`` (integer-valued numbers), ``"count"`` (integers >= 0:
+    (numeric, finite, as float64), ``"real"`` (numeric, finite, its dtype kept: float32 stays float32), ``"int"`` (integer-valued numbers), ``"count"`` (integers >= 0:
     epochs, ranks, worker ids, batch indices), ``"binary"`` (0/1),
     or ``"key"`` (any hashable values, no missing ones). Extra columns are kept.
     """
@@ -134,6 +134,10 @@ def load_table(
             df = pd.read_csv(path, usecols=list(columns) if columns else None)
     except Exception as exc:  # unreadable, truncated, wrong format
         raise InputError(param, f"cannot be read as a table ({type(exc).__name__}: {first_line(exc)})", path) from None
+    if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()  # the Arrow buffers the conversion freed go back to the system
     if df.empty:
         raise InputError(param, "table has no rows", path)
     missing = [c for c in required if c not in df.columns]
@@ -152,22 +156,26 @@ def check_column(param: str, path: Path, s: pd.Series, col: str, kind: str) -> p
         return s
     if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
         raise InputError(param, f"column '{col}' must be numeric, got dtype {s.dtype}", path)
-    values = s.to_numpy(dtype=float, na_value=np.nan)
-    bad = ~np.isfinite(values)
-    if bad.any():
+    if kind not in ("float", "real", "int", "count", "binary"):
+        raise ValueError(f"unknown column kind {kind!r}")
+    # a plain numpy column is checked in place (no float64 copy of a large column); nullable ones are converted
+    values = s.to_numpy() if isinstance(s.dtype, np.dtype) and s.dtype.kind in "iufb" else \
+        s.to_numpy(dtype=float, na_value=np.nan)
+    whole = values.dtype.kind in "iub"  # integers and booleans are finite and integral by type
+    bad = None if whole else ~np.isfinite(values)
+    if bad is not None and bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise InputError(param, f"column '{col}' has {int(bad.sum())} NaN/inf values (first at row {first})", path)
-    if kind in ("int", "count", "binary") and not np.array_equal(values, np.round(values)):
+    del bad
+    if kind in ("int", "count", "binary") and not whole and not np.array_equal(values, np.round(values)):
         raise InputError(param, f"column '{col}' must hold integers", path)
     if kind == "count" and (values < 0).any():
         raise InputError(param, f"column '{col}' must be >= 0, found {values.min():g}", path)
-    if kind == "binary" and not np.isin(values, (0, 1)).all():
+    if kind == "binary" and not ((values == 0) | (values == 1)).all():
         raise InputError(param, f"column '{col}' must hold only 0 and 1", path)
-    if kind == "float":
-        return s.astype(float)
-    if kind in ("int", "count", "binary"):
-        return s.astype(np.int64)
-    raise ValueError(f"unknown column kind {kind!r}")
+    if kind == "real":
+        return s if isinstance(s.dtype, np.dtype) else s.astype(float)
+    return s.astype(float if kind == "float" else np.int64)  # copy-on-write: no copy when the dtype is already right
 
 
 def load_arrays(param: str, value: str | Path, required: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,6 +57,31 @@ def test_kinds_int_binary_key(tmp_path):
     pd.DataFrame({"y_true": [1.0], "y_pred": [1.0], "session": [None]}).to_parquet(path)
     with pytest.raises(InputError, match="'session' has 1 missing"):
         load_table("p", path, SCHEMA, {"session": "key"})
+
+
+@pytest.mark.parametrize("column, kind, dtype, problem", [
+    (pd.Series([0.5, 2.0], dtype=np.float32), "real", np.float32, None),  # kept: no float64 copy
+    (pd.Series([0.5, 2.0], dtype=np.float32), "float", np.float64, None),
+    (pd.Series([1, 2], dtype=np.int32), "count", np.int64, None),
+    (pd.Series([-1, 2], dtype=np.int16), "count", None, "must be >= 0, found -1"),
+    (pd.Series([True, False]), "binary", np.int64, None),
+    (pd.Series([1, 2], dtype="Int64"), "int", np.int64, None),  # nullable, no missing value
+    (pd.Series([1, None], dtype="Int64"), "int", None, "1 NaN/inf values (first at row 1)"),
+    (pd.Series([0.0, np.nan], dtype=np.float32), "real", None, "1 NaN/inf values (first at row 1)"),
+    (pd.Series([0, 1, 3], dtype=np.uint8), "binary", None, "only 0 and 1"),
+    (pd.Series([1.0, 2.5]), "count", None, "must hold integers"),
+])
+def test_column_kinds_on_every_dtype(column, kind, dtype, problem):
+    from pathlib import Path
+
+    from helpers.io import check_column
+
+    if problem is None:
+        got = check_column("p", Path("t.parquet"), column, "c", kind)
+        assert got.dtype == dtype and np.array_equal(got.to_numpy(), column.to_numpy(dtype=float))
+    else:
+        with pytest.raises(InputError, match=re.escape(problem)):
+            check_column("p", Path("t.parquet"), column, "c", kind)
 
 
 def test_unreadable_and_wrong_suffix(tmp_path):

@@ -124,7 +124,7 @@ def load_samples(param: str, value, feature_columns: list) -> tuple[pd.DataFrame
         if not features:
             raise InputError(param, "no numeric feature columns (every column is reserved or not numeric)", path)
     for c in features:
-        df[c] = check_column(param, path, df[c], c, "float")
+        df[c] = check_column(param, path, df[c], c, "real")  # float32 features stay float32 (memory)
     for key in ("group", "tier", "parent_id"):
         if key in df.columns and df[key].dtype == object:
             df[key] = df[key].astype(str)
@@ -246,7 +246,7 @@ def diagnose(run: Run, params: Mapping, reuse: Diagnosis | None = None) -> Diagn
     is_train, is_val = (s["split"] == "train").to_numpy(), (s["split"] == "val").to_numpy()
     progress = len(s) >= lk.PROGRESS_ROWS
     link = _reusable_search(run, is_train | is_val, reuse) if reuse is not None else None
-    x = s[run.features].to_numpy(np.float64)
+    x = s[run.features].to_numpy(np.result_type(np.float32, *s[run.features].dtypes))  # float32 stays float32
     group = s["group"].astype(str) if run.has("group") else None
     parent = s["parent_id"] if run.has("parent_id") else None
     pl = lk.parent_leakage(s["split"], parent, group) if parent is not None else None
