@@ -59,6 +59,9 @@ def test_make_course_builds_source_release_gradebook_and_index(built):
     assert (built / "gradebook.db").exists() and "ExecutePreprocessor.timeout" in (built / "nbgrader_config.py").read_text()
     index = (built / "index.ipynb").read_text()
     assert all(f"{name}/{name}.ipynb" in index for name in NAMES) and "Exercise 1" in index
+    for name in NAMES:  # the measured student path (bench/course.py), under a minute, on the page
+        seconds = course.course_metadata(name)["student_path_seconds"]
+        assert 0 < seconds < 60 and f"executes to its first exercise in {seconds:.0f} s" in index
     assert (built / "release" / "index.ipynb").exists()
 
 
