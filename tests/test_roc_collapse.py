@@ -515,3 +515,14 @@ def test_a_large_run_shows_which_epoch_the_diagnosis_is_on(tmp_path, capsys):
     assert "epoch 1: ROC, ties and intervals on the logits" in err and "4/4" in err
     dx.diagnose(run_, p)  # 4,400 rows: nothing shown
     assert capsys.readouterr().err == ""
+
+
+def test_the_early_stopping_lab_says_its_own_patience():
+    """The advice's patience is the run's; the lab's sentence names the lab's, so the two are not confused."""
+    from helpers.roc_collapse import lab
+
+    es = lab.early_stopping(seed=0)
+    said = dx.lab_sentences(None, early=es)
+    text = next(iter(said.values()))
+    assert f"(patience {es['patience']})" in text and f"kept epoch {es['kept_epoch']}" in text
+    assert es["kept_epoch"] <= es["stop_epoch"] <= es["kept_epoch"] + es["patience"]

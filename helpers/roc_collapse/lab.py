@@ -173,6 +173,6 @@ def early_stopping(seed: int = 0, epochs: int = 40, patience: int = 5, max_fpr: 
         s_kept = restored(xs).squeeze(-1).double().numpy()
     c_kept = lf.curve(yte.astype(int), s_kept)
     key = f"test tpr@fpr{max_fpr:g}"
-    return {"curve": curve, "kept_epoch": kept, "stop_epoch": stop if stop is not None else epochs - 1,
+    return {"curve": curve, "kept_epoch": kept, "stop_epoch": stop if stop is not None else epochs - 1, "patience": patience,
             "kept_test": lf.tpr_at_fpr(c_kept.fpr, c_kept.tpr, max_fpr), "last_test": float(curve[key].iloc[-1]),
             "best_test": float(curve[key].max()), "best_test_epoch": int(curve[key].idxmax()), "metric": key}

@@ -462,7 +462,7 @@ def compare_roc_function(fn: Callable, scores, labels, fpr_targets: Sequence[flo
     if ref is None:
         finite = fpr is not None and np.isfinite(fpr).all() and np.isfinite(tpr).all() and len(fpr) > 1
         row["agrees"] = not finite
-        row["where"] = ("refuses the input like scikit-learn" if not finite
+        row["where"] = (f"no finite curve on either side (scikit-learn: {ref_error.split(':')[0]})" if not finite
                         else f"returns a finite curve where scikit-learn raises {ref_error.split(':')[0]}")
         return row
     if fpr is None:
