@@ -173,6 +173,7 @@ def test_on_predictions_only(tmp_path, elsewhere):
     ("row_per_session", pd.DataFrame({"y_true": [1.0, 2.0, 4.0], "y_pred": [1.5, 2.0, 3.0],
                                       "session": ["a", "b", "c"]})),
 ])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no numpy warning reaches the notebook's output
 def test_degenerate_but_valid_sessions_are_diagnosed(tmp_path, elsewhere, name, table):
     """One session; sessions whose y_true is constant inside; one row per session: no crash, no claim."""
     table.to_parquet(elsewhere / f"{name}.parquet")
