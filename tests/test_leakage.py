@@ -199,12 +199,17 @@ def test_link_radius_lies_in_the_valley_between_copies_and_neighbours():
     assert lk.link_radius(far) == (0.0, pytest.approx(np.nan, nan_ok=True))  # one mode: no radius
 
 
-def test_split_distances_from_the_neighbour_lists_match_a_brute_force_search():
-    """The ratio's two distances, read from the rows' neighbour lists (or searched where the lists run out),
-    against numpy on all pairs: the nearest training row, and the nearest of another (pseudo-)parent."""
-    rows = lab.augment(lab.make_parents(4, 1), lab.COPIES, 0.02, 2)
+@pytest.mark.parametrize("parents, keep, atol", [(4, None, 1e-4), (3, 3, 1e-5)], ids=["lists", "lists of 3"])
+def test_split_distances_match_a_brute_force_search(parents, keep, atol):
+    """The ratio's two distances against numpy on all pairs: the nearest training row, and the nearest of
+    another (pseudo-)parent. Read from the rows' neighbour lists, or searched again where the lists run out:
+    with lists of 3 neighbours most validation rows find no training row of another parent in them and are
+    searched again (exactly)."""
+    rows = lab.augment(lab.make_parents(parents, 1), lab.COPIES, 0.02, 2)
     x = rows[lab.FEATURES].to_numpy()
     link = lk.link_rows(x, seed=0)
+    if keep is not None:
+        link = lk.Linking(link.space, link.z, link.dist[:, :keep], link.idx[:, :keep], link.radius, link.groups)
     groups = rows["parent_id"].to_numpy()
     val = lab.split_rows(rows, 0.2, 3)
     train, query = np.flatnonzero(~val), np.flatnonzero(val)
@@ -213,8 +218,8 @@ def test_split_distances_from_the_neighbour_lists_match_a_brute_force_search():
     dist = np.linalg.norm(z[query][:, None] - z[train][None], axis=2)
     nearest = dist.argmin(axis=1)
     other = groups[train][None, :] != groups[train][nearest][:, None]
-    np.testing.assert_allclose(d1, dist.min(axis=1), atol=1e-4)
-    np.testing.assert_allclose(outside, np.where(other, dist, np.inf).min(axis=1), atol=1e-4)
+    np.testing.assert_allclose(d1, dist.min(axis=1), atol=atol)
+    np.testing.assert_allclose(outside, np.where(other, dist, np.inf).min(axis=1), atol=atol)
 
 
 # ----------------------------------------------------------------------------- the pool's one all-pairs search
@@ -305,25 +310,6 @@ def test_nearest_two_groups_is_a_brute_force_over_candidates_with_repeats_across
     assert (groups[best] == g1).all() | np.isclose(full.min(axis=1), np.sort(full, axis=1)[:, 1]).any()
     other = np.where(groups[None, :] != g1[:, None], full, np.inf).min(axis=1)
     np.testing.assert_allclose(d2, other, atol=1e-6)
-
-
-def test_split_distances_searched_again_when_the_lists_fall_short_match_a_brute_force():
-    """Lists of 3 neighbours: most validation rows find no training row of another parent in them and are
-    searched again (exactly); the two distances still match numpy on all pairs."""
-    rows = lab.augment(lab.make_parents(3, 1), lab.COPIES, 0.02, 2)
-    x = rows[lab.FEATURES].to_numpy()
-    link = lk.link_rows(x, seed=0)
-    short = lk.Linking(link.space, link.z, link.dist[:, :3], link.idx[:, :3], link.radius, link.groups)
-    groups = rows["parent_id"].to_numpy()
-    val = lab.split_rows(rows, 0.2, 3)
-    train, query = np.flatnonzero(~val), np.flatnonzero(val)
-    d1, outside = lk.split_distances(short, groups, train, query)
-    z = link.z.astype(np.float64)
-    dist = np.linalg.norm(z[query][:, None] - z[train][None], axis=2)
-    nearest = dist.argmin(axis=1)
-    other = groups[train][None, :] != groups[train][nearest][:, None]
-    np.testing.assert_allclose(d1, dist.min(axis=1), atol=1e-5)
-    np.testing.assert_allclose(outside, np.where(other, dist, np.inf).min(axis=1), atol=1e-5)
 
 
 def test_train_loo_is_sklearns_leave_one_out_over_training_rows():
