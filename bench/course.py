@@ -40,6 +40,8 @@ def student_path(release: Path, cwd: Path) -> tuple[float, str]:
 def run(quick: bool = False) -> list[dict]:
     if quick:
         return []
+    import nbformat
+
     from helpers.runner import course
 
     rows = []
@@ -48,7 +50,7 @@ def run(quick: bool = False) -> list[dict]:
         for name in course.notebook_names():
             release = built / "release" / name / f"{name}.ipynb"
             seconds, source = student_path(release, release.parent)
-            first = course.exercises(course.nbformat.read(release, as_version=4))[0]
+            first = course.exercises(nbformat.read(release, as_version=4))[0]
             if course.CODE_STUB.splitlines()[0] not in source:
                 raise RuntimeError(f"{name}: the first failing cell is not an exercise stub: {source[:60]!r}")
             rows.append({"name": f"course: {name} from the top to its first exercise's stub (s)", "value": seconds,
