@@ -8,13 +8,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # the venv's python3 kernel wins over any user-level kernelspec of that name
 os.environ.setdefault("JUPYTER_PATH", str(Path(sys.prefix) / "share" / "jupyter"))
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+
+
 # pytest-xdist runs one worker per core, and each worker's kernels and torch run beside the others': the
-# cores are shared among the workers as the runner shares them among its dask workers (batch.kernel_threads_env).
-# Two processes with an OpenMP pool as wide as the machine each spin-wait on the other's cores, and small
-# torch steps then take ten times as long.
-_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, str(max(1, _cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+# cores are shared among the workers as the runner shares them among its dask workers. Two processes with an
+# OpenMP pool as wide as the machine each spin-wait on the other's cores, and small torch steps slow down.
+def _share_cores() -> None:
+    from helpers.runner.batch import kernel_threads_env
+
+    for var, n in kernel_threads_env(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))).items():
+        os.environ.setdefault(var, n)
+
+
+_share_cores()
 
 
 def pytest_configure(config):
