@@ -144,9 +144,19 @@ def load_table(
     if missing:
         found = ", ".join(map(str, df.columns[:12]))
         raise InputError(param, f"missing required column {', '.join(map(repr, missing))} (found: {found})", path)
-    for col, kind in {**required, **{k: v for k, v in (optional or {}).items() if k in df.columns}}.items():
-        df[col] = check_column(param, path, df[col], col, kind)
+    check_columns(param, path, df, {**required, **{k: v for k, v in (optional or {}).items() if k in df.columns}})
     return df
+
+
+def check_columns(param: str, path: Path, df: pd.DataFrame, kinds: dict[str, str]) -> None:
+    """Check the columns ``kinds`` names (:func:`check_column`), putting a column back only when checking changed it:
+    assigning one column of a 2-D block splits the block, which copies the table (a large run's float32 features
+    would be copied column by column)."""
+    for col, kind in kinds.items():
+        s = df[col]
+        checked = check_column(param, path, s, col, kind)
+        if checked is not s:
+            df[col] = checked
 
 
 def check_column(param: str, path: Path, s: pd.Series, col: str, kind: str) -> pd.Series:
@@ -175,7 +185,8 @@ def check_column(param: str, path: Path, s: pd.Series, col: str, kind: str) -> p
         raise InputError(param, f"column '{col}' must hold only 0 and 1", path)
     if kind == "real":
         return s if isinstance(s.dtype, np.dtype) else s.astype(float)
-    return s.astype(float if kind == "float" else np.int64)  # copy-on-write: no copy when the dtype is already right
+    target = np.dtype(float if kind == "float" else np.int64)
+    return s if s.dtype == target else s.astype(target)
 
 
 def load_arrays(param: str, value: str | Path, required: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ import pandas as pd
 from helpers.augmentation_leakage import leakage as lk
 from helpers.findings import Finding, input_files, not_applicable
 from helpers.findings import describe_inputs as describe_files
-from helpers.io import InputError, check_column, load_json, load_table, resolve_path
+from helpers.io import InputError, check_columns, load_json, load_table, resolve_path
 from helpers.params import check_range, check_types, drop_sample_companions
 from helpers.paths import DATA_SAMPLES
 
@@ -123,8 +123,7 @@ def load_samples(param: str, value, feature_columns: list) -> tuple[pd.DataFrame
                     (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))]
         if not features:
             raise InputError(param, "no numeric feature columns (every column is reserved or not numeric)", path)
-    for c in features:
-        df[c] = check_column(param, path, df[c], c, "real")  # float32 features stay float32 (memory)
+    check_columns(param, path, df, dict.fromkeys(features, "real"))  # float32 features stay float32 (memory)
     for key in ("group", "tier", "parent_id"):
         if key in df.columns and df[key].dtype == object:
             df[key] = df[key].astype(str)

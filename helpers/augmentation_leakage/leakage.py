@@ -54,7 +54,8 @@ JOIN_PROBES, ROWS_PER_LIST, TOP_PROBES = 3, 256, 3
 # SECOND_PROBES nearest lists (fewer when that would cost more than the first search): an ordinary nearest
 # neighbour is found by few lists' search, a near-copy's almost always by the row's own list
 SECOND_PROBES = 128
-JOIN_CHUNK = 1 << 16
+HEAP_ROWS = 1 << 18  # knn_join searches this many query rows at a time (memory: their heaps)
+READ_ROWS = 1 << 16  # split_distances / train_loo read the neighbour lists of this many rows at a time
 FALLBACK_EXACT_LIMIT = 2e8
 # float32 products give squared distances to about (|a|^2 + |b|^2) x 1e-6: pairs closer than RECOMPUTE_SHARE x that
 # scale (near-copies, exact repeats) are recomputed from their differences (see _finish)
@@ -227,18 +228,6 @@ def _workers() -> int:
     return max(1, faiss.omp_get_max_threads())
 
 
-def _augment(z: np.ndarray, query: bool) -> np.ndarray:
-    """Rows extended so that one product gives squared distances: [z, |z|^2, 1] (queries), [-2z, 1, |z|^2] (base)."""
-    out = np.empty((len(z), z.shape[1] + 2), dtype=np.float32)
-    norm = np.einsum("ij,ij->i", z, z)
-    if query:
-        out[:, :-2], out[:, -2], out[:, -1] = z, norm, 1.0
-    else:
-        np.multiply(z, -2.0, out=out[:, :-2])
-        out[:, -2], out[:, -1] = 1.0, norm
-    return out
-
-
 def _knn_blocks(zq: np.ndarray, zb: np.ndarray, k: int, shards: list[list[tuple[np.ndarray, np.ndarray]]],
                 bar=None, per_row: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Squared distances (float32) and indices of the k nearest rows of ``zb`` to each row of ``zq`` among the
@@ -254,18 +243,26 @@ def _knn_blocks(zq: np.ndarray, zb: np.ndarray, k: int, shards: list[list[tuple[
 
     heap = faiss.ResultHeap(len(zq), k)
     lock, done = threading.Lock(), [0, 0]
-    # [q, |q|^2, 1] . [-2b, 1, |b|^2] = |q - b|^2: one product per block, no pass over the distances
-    qa, ba = _augment(zq, query=True), _augment(zb, query=False)
+    dim = zq.shape[1]
+    q_norm = np.einsum("ij,ij->i", zq, zq)
+    b_norm = q_norm if zb is zq else np.einsum("ij,ij->i", zb, zb)
 
     def work(blocks):
         if not blocks:
             return
         a, b = max(len(p) for p, _ in blocks), max(len(m) for _, m in blocks)
-        qbuf, bbuf = np.empty((a, qa.shape[1]), np.float32), np.empty((b, ba.shape[1]), np.float32)
+        # each block's rows extended so that one product gives squared distances: [q, |q|^2, 1] . [-2b, 1, |b|^2]
+        # (gathered block by block: no extended copy of all rows)
+        qraw, braw = np.empty((a, dim), np.float32), np.empty((b, dim), np.float32)
+        qbuf, bbuf = np.empty((a, dim + 2), np.float32), np.empty((b, dim + 2), np.float32)
+        qbuf[:, -1], bbuf[:, -2] = 1.0, 1.0
         dbuf = np.empty(a * b, np.float32)
         for pos, mem in blocks:
-            q = np.take(qa, pos, axis=0, out=qbuf[:len(pos)], mode="clip")
-            m = np.take(ba, mem, axis=0, out=bbuf[:len(mem)], mode="clip")
+            q, m = qbuf[:len(pos)], bbuf[:len(mem)]
+            q[:, :dim] = np.take(zq, pos, axis=0, out=qraw[:len(pos)], mode="clip")
+            np.take(q_norm, pos, out=q[:, -2], mode="clip")
+            np.multiply(np.take(zb, mem, axis=0, out=braw[:len(mem)], mode="clip"), -2.0, out=m[:, :dim])
+            np.take(b_norm, mem, out=m[:, -1], mode="clip")
             d = dbuf[:len(pos) * len(mem)].reshape(len(pos), len(mem))
             np.matmul(q, m.T, out=d)
             heap.add_result_subset(pos, d, mem)
@@ -381,7 +378,8 @@ def knn_join(z: np.ndarray, k: int, lists: Lists, queries: np.ndarray | None = N
              progress: bool = False, desc: str = "  nearest neighbours",
              probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest *other* rows of each row of ``z`` (or of the rows ``queries``) among the rows of the
-    lists it is compared with: distances (float64, ascending) and indices, inf / -1 where there are fewer.
+    lists it is compared with: distances (float32, ascending) and indices (int32 below 2^31 rows), inf / -1 where
+    there are fewer.
 
     With one list this is exact (BLAS products in blocks into faiss heaps, as IndexFlatL2 searches). With
     k-means lists, each list's rows are compared at once with every row that visits it (:func:`_grouped_knn`;
@@ -391,31 +389,39 @@ def knn_join(z: np.ndarray, k: int, lists: Lists, queries: np.ndarray | None = N
     q = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
     k = min(k, max(n - 1, 0))
     if k == 0 or len(q) == 0:
-        return np.full((len(q), k), np.inf), np.full((len(q), k), -1, dtype=np.int64)
-    zq = z if queries is None else z[q]
+        return np.full((len(q), k), np.inf, np.float32), np.full((len(q), k), -1, dtype=_index_type(n))
+    norm = np.einsum("ij,ij->i", z, z)
+    # compact lists (a large pool keeps them all along): float32 distances hold the float32 rows' precision
+    dist, idx = np.empty((len(q), k), np.float32), np.empty((len(q), k), dtype=_index_type(n))
+    # HEAP_ROWS query rows at a time: the heaps of k + 1 candidates never hold every row at once
     with _bar(progress, len(q), desc) as bar:
-        if lists.exact:
-            d2, i = _knn_rows(zq, z, k + 1, bar, near=q)
-        else:
-            per_row = lists.probes[q] if probes is None else probes  # probes: the lists of each query row
-            d2, i = _grouped_knn(zq, z, k + 1, Lists(lists.order, lists.bounds, per_row), bar)
-    return _finish(z, q, d2, i, k)
+        for s in range(0, len(q), HEAP_ROWS):
+            rows = q[s:s + HEAP_ROWS]
+            zq = z if queries is None and len(rows) == n else z[rows]
+            if lists.exact:
+                d2, i = _knn_rows(zq, z, k + 1, bar, near=rows)
+            else:  # probes: the lists of each query row
+                per_row = lists.probes[rows] if probes is None else probes[s:s + HEAP_ROWS]
+                d2, i = _grouped_knn(zq, z, k + 1, Lists(lists.order, lists.bounds, per_row), bar)
+            _finish(z, rows, d2, i, k, norm, out=(dist[s:s + HEAP_ROWS], idx[s:s + HEAP_ROWS]))
+            del d2, i
+    return dist, idx
 
 
-def _finish(z: np.ndarray, q: np.ndarray, d2: np.ndarray, i: np.ndarray, k: int,
-            step: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+def _finish(z: np.ndarray, q: np.ndarray, d2: np.ndarray, i: np.ndarray, k: int, norm: np.ndarray | None = None,
+            step: int = 1 << 16, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest other rows from the k + 1 candidates (squared float32 distances ``d2``, indices ``i``) of the
-    rows ``q``: distances (float64, ascending) and indices, inf / -1 where there are fewer; ``step`` rows at a
-    time (no full-size temporaries).
+    rows ``q``: distances (ascending) and indices, inf / -1 where there are fewer, written into ``out`` (float64 and
+    int64 arrays when not given); ``step`` rows at a time (no full-size temporaries).
 
     The row itself is dropped wherever it appears (ties with exact repeats), else the farthest candidate. The
     products' squared distances carry rounding of about (|q|^2 + |b|^2) x float32's epsilon: the pairs much
     closer than that scale (RECOMPUTE_SHARE of it: near-copies, exact repeats) are recomputed from their
-    differences (exact repeats at exactly 0), and the rows whose order that changed are re-sorted.
+    differences (exact repeats at exactly 0), and the rows whose order that changed are re-sorted. ``norm``: the
+    rows' squared norms, when the caller has them.
     """
-    norm = np.einsum("ij,ij->i", z, z)
-    dist = np.empty((len(q), k))
-    idx = np.empty((len(q), k), dtype=np.int64)
+    norm = np.einsum("ij,ij->i", z, z) if norm is None else norm
+    dist, idx = out if out is not None else (np.empty((len(q), k)), np.empty((len(q), k), dtype=np.int64))
     for s in range(0, len(q), step):
         rows, dd, ii = q[s:s + step], d2[s:s + step], i[s:s + step]
         own = ii == rows[:, None]
@@ -437,6 +443,11 @@ def _finish(z: np.ndarray, q: np.ndarray, d2: np.ndarray, i: np.ndarray, k: int,
                 d[moved], ii[moved] = np.take_along_axis(d[moved], o, axis=1), np.take_along_axis(ii[moved], o, axis=1)
         dist[s:s + step], idx[s:s + step] = d, ii
     return dist, idx
+
+
+def _index_type(n: int) -> type:
+    """Row indices below ``n`` (and -1) as int32 where they fit: half the memory of a large pool's lists."""
+    return np.int32 if n < np.iinfo(np.int32).max else np.int64
 
 
 def pair_distances(z: np.ndarray, a: np.ndarray, b: np.ndarray, step: int = 1 << 18) -> np.ndarray:
@@ -627,8 +638,8 @@ class Linking:
 
     space: str  # a key of SPACES
     z: np.ndarray  # the rows in that space (float32)
-    dist: np.ndarray  # (n, k) distances to each row's k nearest other rows, ascending (k >= LINK_NEIGHBOURS)
-    idx: np.ndarray  # their indices (-1 where there are fewer)
+    dist: np.ndarray  # (n, k) distances (float32) to each row's k nearest other rows, ascending (k >= LINK_NEIGHBOURS)
+    idx: np.ndarray  # their indices (int32 below 2^31 rows; -1 where there are fewer)
     radius: float  # link radius (0: exact repeats only)
     groups: np.ndarray  # component label of each row
     depth: dict = field(default_factory=dict)  # valley depth found in each space (nan: none)
@@ -681,7 +692,9 @@ def link_rows(x: np.ndarray, space: str | None = None, exact: bool | None = None
         else:
             d = i = None
         r, depth[name] = link_radius(d[:, :LINK_NEIGHBOURS]) if d is not None else (0.0, np.nan)
-        tried[name] = (z, r, (d, i) if sub is None else None)
+        # a sample's choice keeps no rows: the chosen space's are computed again (memory: one space at a time)
+        tried[name] = (z if sub is None or len(names) == 1 else None, r, (d, i) if sub is None else None)
+        del z
     order = sorted(tried, key=lambda s: (depth[s] if np.isfinite(depth[s]) else np.inf, s != "per-column standardised"))
     # the spaces with a valley among the sampled rows, best first (else the first): keep the first whose
     # valley holds in all rows, or the last one tried, linking exact repeats only
@@ -692,6 +705,7 @@ def link_rows(x: np.ndarray, space: str | None = None, exact: bool | None = None
             del tried[name]  # its rows are no longer needed (memory)
     for name in candidates:
         z, r, full = tried.pop(name)
+        z = SPACES[name](x) if z is None else z
         if full is None:  # the radius from every row's neighbours, not the sample's
             lists = pool_lists(z, exact, seed, progress)
             how = "exact" if lists.exact else (f"{len(lists.bounds) - 1:,} k-means lists, each row compared with "
@@ -721,7 +735,7 @@ def _search_again(z: np.ndarray, found: tuple[np.ndarray, np.ndarray], radius: f
     """The neighbour lists ``found`` with the rows whose nearest neighbour is farther than ``radius`` (no
     near-copy found) searched again in their ``SECOND_PROBES`` nearest lists, fewer when those rows x probes x
     rows per list would pass the first search's cost (then none when that leaves no more than the first
-    search's probes); each row keeps the nearest of what either search found."""
+    search's probes); each row keeps the nearest of what either search found (``found`` is updated in place)."""
     d, i = found
     far = np.flatnonzero(d[:, 0] > radius)
     per_list = len(z) / max(len(lists.bounds) - 1, 1)
@@ -740,7 +754,6 @@ def _search_again(z: np.ndarray, found: tuple[np.ndarray, np.ndarray], radius: f
     cd, ci = np.take_along_axis(cd, by_row, axis=1), np.take_along_axis(ci, by_row, axis=1)
     cd[:, 1:][(ci[:, 1:] == ci[:, :-1]) & (ci[:, 1:] >= 0)] = np.inf  # a row found by both: once
     best = np.argsort(cd, axis=1, kind="stable")[:, :d.shape[1]]
-    d, i = d.copy(), i.copy()
     d[far], i[far] = np.take_along_axis(cd, best, axis=1), np.take_along_axis(ci, best, axis=1)
     i[far] = np.where(np.isfinite(d[far]), i[far], -1)
     return d, i
@@ -841,14 +854,16 @@ def split_distances(link: Linking, groups: np.ndarray, train: np.ndarray, query:
     query = np.asarray(query, dtype=np.int64)
     is_train = np.zeros(len(link.z), bool)
     is_train[train] = True
-    idx, dist = link.idx[query], link.dist[query]
-    cand = is_train[np.clip(idx, 0, None)] & (idx >= 0)
-    first = cand.argmax(axis=1)
-    rows = np.arange(len(query))
-    d1 = np.where(cand.any(axis=1), dist[rows, first], np.inf)
-    family = groups[idx[rows, first].clip(0)]
-    other = cand & (groups[np.clip(idx, 0, None)] != family[:, None])
-    outside = np.where(other, dist, np.inf).min(axis=1)
+    d1, outside = np.empty(len(query)), np.empty(len(query))
+    for s in range(0, len(query), READ_ROWS):  # a slice of the lists at a time (memory)
+        idx, dist = link.idx[query[s:s + READ_ROWS]], link.dist[query[s:s + READ_ROWS]]
+        cand = is_train[np.clip(idx, 0, None)] & (idx >= 0)
+        first = cand.argmax(axis=1)
+        rows = np.arange(len(idx))
+        d1[s:s + READ_ROWS] = np.where(cand.any(axis=1), dist[rows, first], np.inf)
+        family = groups[idx[rows, first].clip(0)]
+        other = cand & (groups[np.clip(idx, 0, None)] != family[:, None])
+        outside[s:s + READ_ROWS] = np.where(other, dist, np.inf).min(axis=1)
     redo = np.flatnonzero(~np.isfinite(outside))
     if len(redo):
         lists = _fallback_lists(link, len(redo), int(is_train.sum()))
@@ -862,9 +877,11 @@ def train_loo(link: Linking, train: np.ndarray) -> np.ndarray:
     train = np.asarray(train, dtype=np.int64)
     is_train = np.zeros(len(link.z), bool)
     is_train[train] = True
-    idx = link.idx[train]
-    in_train = is_train[np.clip(idx, 0, None)] & (idx >= 0)
-    d = np.where(in_train, link.dist[train], np.inf).min(axis=1)
+    d = np.empty(len(train))
+    for s in range(0, len(train), READ_ROWS):  # a slice of the lists at a time (memory)
+        idx = link.idx[train[s:s + READ_ROWS]]
+        in_train = is_train[np.clip(idx, 0, None)] & (idx >= 0)
+        d[s:s + READ_ROWS] = np.where(in_train, link.dist[train[s:s + READ_ROWS]], np.inf).min(axis=1)
     missing = np.flatnonzero(~np.isfinite(d))
     if len(missing) and len(train) > 1:
         rows = train[missing]
@@ -1037,17 +1054,17 @@ def composition(split: pd.Series, group: pd.Series, tier: pd.Series | None = Non
     The reference is the group's share of original (non-augmented) rows when ``originals`` (a
     boolean mask) is given, else an equal share per group.
     """
-    df = pd.DataFrame({"group": group.to_numpy(), "split": split.to_numpy(),
-                       "tier": tier.to_numpy() if tier is not None else ""})
-    rows = df[df["split"] == which]
-    groups = sorted(df["group"].unique().tolist(), key=str)
-    out = pd.DataFrame({"group": groups})
-    out["tier"] = out["group"].map(df.drop_duplicates("group").set_index("group")["tier"])
-    out["val_rows"] = out["group"].map(rows.groupby("group").size()).fillna(0).astype(int)
-    out["implicit_weight"] = out["val_rows"] / max(len(rows), 1)
+    # group codes and counts (no frame of strings: a large run's table stays the largest thing in memory)
+    codes, names = pd.factorize(group.to_numpy(), use_na_sentinel=False)
+    order = sorted(range(len(names)), key=lambda j: str(names[j]))
+    first = np.unique(codes, return_index=True)[1]  # each group's first row gives its tier
+    in_which = (split == which).to_numpy()
+    out = pd.DataFrame({"group": [names[j] for j in order],
+                        "tier": tier.to_numpy()[first][order] if tier is not None else "",
+                        "val_rows": np.bincount(codes[in_which], minlength=len(names))[order].astype(int)})
+    out["implicit_weight"] = out["val_rows"] / max(int(in_which.sum()), 1)
     if originals is not None:
-        o = df[np.asarray(originals, bool)]
-        counts = out["group"].map(o.groupby("group").size()).fillna(0)
+        counts = np.bincount(codes[np.asarray(originals, bool)], minlength=len(names))[order].astype(float)
         out["reference_weight"] = counts / counts.sum()
         out.attrs["reference"] = "share of original rows"
     else:
