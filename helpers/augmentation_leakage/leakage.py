@@ -625,9 +625,8 @@ def link_radius(dist: np.ndarray) -> tuple[float, float]:
 def components(dist: np.ndarray, idx: np.ndarray, radius: float) -> np.ndarray:
     """Connected components of the graph linking each row to those of its neighbours (``idx``) within ``radius``."""
     n = len(dist)
-    keep = (dist <= radius) & (idx >= 0)
-    rows = np.repeat(np.arange(n), dist.shape[1])[keep.ravel()]
-    graph = sparse.coo_matrix((np.ones(len(rows)), (rows, idx[keep])), shape=(n, n))
+    rows, cols = np.nonzero((dist <= radius) & (idx >= 0))  # only the links (no row index per neighbour)
+    graph = sparse.csr_matrix((np.ones(len(rows), np.int8), (rows, idx[rows, cols])), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
