@@ -151,3 +151,19 @@ def test_load_callable(tmp_path):
         load_callable("f", "no_such_module_xyz:f")
     with pytest.raises(InputError, match="expected 'module:function'"):
         load_callable("f", "numpy")
+
+
+def test_checked_float32_columns_stay_one_block(tmp_path):
+    """Checking puts a column back only when it changed it: assigning a column of pandas' 2-D block splits the
+    block (a copy of the table), and the float32 features would no longer be readable as one array without a copy."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(1000, 6)).astype(np.float32), columns=[f"f{i}" for i in range(6)])
+    df["split"] = "train"
+    df["n"] = np.arange(1000)
+    df.to_parquet(tmp_path / "t.parquet")
+    t = load_table("samples", tmp_path / "t.parquet", {"split": "key", "n": "count"},
+                   {f"f{i}": "real" for i in range(6)})
+    x = t[[f"f{i}" for i in range(6)]].to_numpy()
+    assert x.dtype == np.float32 and np.shares_memory(x, t["f0"].to_numpy())  # a view of the table, no copy
+    assert t["n"].dtype == np.int64
+    np.testing.assert_array_equal(x, df[[f"f{i}" for i in range(6)]].to_numpy())
