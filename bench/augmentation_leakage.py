@@ -102,7 +102,7 @@ def run(quick: bool = False) -> list[dict]:
          "value": 1.0 - r["recall"], "target": TARGET_MISSED,
          "detail": f"{size}: recall {r['recall']:.4f} on {n_recall} validation rows (exact search in the same space)"},
         {"name": "05 near-duplicate scan, peak memory (GB)", "value": peak, "target": TARGET_GB,
-         "detail": f"{size}, VmHWM of the scanning process (data + rows in two feature spaces + neighbour lists)"},
+         "detail": f"{size}, VmHWM of the scanning process (data + its rows in the chosen feature space + neighbour lists)"},
     ]
 
 
