@@ -2,8 +2,6 @@
 that are not the sample, the sample's pipeline, bad inputs (papermill: test_encoder_variance_notebook.py)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -15,7 +13,7 @@ from helpers.encoder_variance import lab
 from helpers.encoder_variance import simulate as sim
 from helpers.findings import what_to_change
 from helpers.io import InputError
-from helpers.paths import DATA_SAMPLES, REPO_ROOT
+from helpers.paths import DATA_SAMPLES
 
 NAME = dx.NOTEBOOK
 SEED = 7  # not the sample's seed (0)
@@ -185,14 +183,6 @@ def test_simulator_is_deterministic_and_small(tmp_path):
     assert first.read_bytes() == again.read_bytes()  # no timestamps; tests/test_data.py compares with the sample
     total = sum(p.stat().st_size for p in (DATA_SAMPLES / NAME).glob("*.npz"))
     assert total < 3 * 2**20
-
-
-def test_diagnostics_do_not_import_the_simulators_or_the_lab():
-    code = ("import sys, helpers.encoder_variance.diagnosis, helpers.encoder_variance.figures, "
-            "helpers.encoder_variance.representation; "
-            "print([m for m in ('helpers.encoder_variance.simulate', 'helpers.encoder_variance.lab') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
-    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- the pipeline, through the face
