@@ -121,10 +121,10 @@ def load_table(
 ) -> pd.DataFrame:
     """Read a .parquet or .csv table and check its schema.
 
-    ``required`` and ``optional`` map column names to a kind: ``"float"``
-    (numeric, finite, as float64), ``"real"`` (numeric, finite, its dtype kept: float32 stays float32), ``"int"`` (integer-valued numbers), ``"count"`` (integers >= 0:
-    epochs, ranks, worker ids, batch indices), ``"binary"`` (0/1),
-    or ``"key"`` (any hashable values, no missing ones). Extra columns are kept.
+    ``required`` and ``optional`` map column names to a kind: ``"float"`` (numeric, finite, as float64),
+    ``"real"`` (numeric, finite, its dtype kept: float32 stays float32), ``"int"`` (integer-valued numbers),
+    ``"count"`` (integers >= 0: epochs, ranks, worker ids, batch indices), ``"binary"`` (0/1), or ``"key"``
+    (any hashable values, no missing ones). Extra columns are kept.
     """
     path = resolve_path(param, value, TABLE_SUFFIXES)
     try:

@@ -408,20 +408,18 @@ def knn_join(z: np.ndarray, k: int, lists: Lists, queries: np.ndarray | None = N
     return dist, idx
 
 
-def _finish(z: np.ndarray, q: np.ndarray, d2: np.ndarray, i: np.ndarray, k: int, norm: np.ndarray | None = None,
-            step: int = 1 << 16, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _finish(z: np.ndarray, q: np.ndarray, d2: np.ndarray, i: np.ndarray, k: int, norm: np.ndarray,
+            out: tuple[np.ndarray, np.ndarray], step: int = 1 << 16) -> None:
     """The k nearest other rows from the k + 1 candidates (squared float32 distances ``d2``, indices ``i``) of the
-    rows ``q``: distances (ascending) and indices, inf / -1 where there are fewer, written into ``out`` (float64 and
-    int64 arrays when not given); ``step`` rows at a time (no full-size temporaries).
+    rows ``q`` (squared norms of the rows of ``z``: ``norm``): distances (ascending) and indices, inf / -1 where
+    there are fewer, written into ``out``; ``step`` rows at a time (no full-size temporaries).
 
     The row itself is dropped wherever it appears (ties with exact repeats), else the farthest candidate. The
     products' squared distances carry rounding of about (|q|^2 + |b|^2) x float32's epsilon: the pairs much
     closer than that scale (RECOMPUTE_SHARE of it: near-copies, exact repeats) are recomputed from their
-    differences (exact repeats at exactly 0), and the rows whose order that changed are re-sorted. ``norm``: the
-    rows' squared norms, when the caller has them.
+    differences (exact repeats at exactly 0), and the rows whose order that changed are re-sorted.
     """
-    norm = np.einsum("ij,ij->i", z, z) if norm is None else norm
-    dist, idx = out if out is not None else (np.empty((len(q), k)), np.empty((len(q), k), dtype=np.int64))
+    dist, idx = out
     for s in range(0, len(q), step):
         rows, dd, ii = q[s:s + step], d2[s:s + step], i[s:s + step]
         own = ii == rows[:, None]
@@ -442,7 +440,6 @@ def _finish(z: np.ndarray, q: np.ndarray, d2: np.ndarray, i: np.ndarray, k: int,
                 o = np.argsort(d[moved], axis=1, kind="stable")
                 d[moved], ii[moved] = np.take_along_axis(d[moved], o, axis=1), np.take_along_axis(ii[moved], o, axis=1)
         dist[s:s + step], idx[s:s + step] = d, ii
-    return dist, idx
 
 
 def _index_type(n: int) -> type:

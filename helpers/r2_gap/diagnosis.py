@@ -46,14 +46,6 @@ ANOVA_ALPHA = 0.01
 PADDING_EFFECT = 1e-3
 
 
-
-def _mean_defined(values) -> float:
-    """The mean of the defined values (R² is undefined for a session of one row or a constant target); NaN,
-    without numpy's "mean of empty slice" warning in the notebook, when no session has one."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if len(v) else float("nan")
-
 def load_predictions(param: str, path: str | Path) -> pd.DataFrame:
     """The predictions table, schema-checked (docs/01_r2_gap.md)."""
     df = load_table(param, path, REQUIRED, OPTIONAL)
@@ -348,7 +340,7 @@ def _between_session_finding(d: Diagnosis) -> Finding:
     f_stat, p_value = d.anova
     gap = s["r2_pooled"] - s["r2_within"]
     ev = {**s, "gap": gap, "anova_f": f_stat, "anova_p": p_value, "n_sessions": n_sessions,
-          "mean_per_session_r2": _mean_defined(d.per_session["r2"]) if d.per_session is not None else np.nan}
+          "mean_per_session_r2": float(d.per_session["r2"].mean()) if d.per_session is not None else np.nan}
     if n_sessions < 2 or not np.isfinite(gap):
         return Finding(fid, "not_detected", "info", "Fewer than two sessions with a defined R²: no between-session part.", ev)
     if gap >= MIN_SESSION_GAP and np.isfinite(p_value) and p_value < ANOVA_ALPHA:
@@ -531,7 +523,7 @@ def metrics(d: Diagnosis) -> dict:
     if d.sessions is not None:
         m["r2_within_session"] = d.sessions["r2_within"]
         m["between_session_share"] = d.sessions["eta2"]
-        m["mean_per_session_r2"] = _mean_defined(d.per_session["r2"])
+        m["mean_per_session_r2"] = float(d.per_session["r2"].mean())  # pandas skips undefined sessions (no warning when none is defined)
     if d.padding:
         m["n_duplicate_rows"] = d.padding["n_duplicate_rows"]
     acc = gap_account(d)

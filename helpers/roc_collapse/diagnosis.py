@@ -962,7 +962,7 @@ def lab_sentences(d: Diagnosis, dtypes: pd.DataFrame | None = None, dtypes_epoch
         better = early["kept_test"] > early["last_test"]
         put("early", better,
             f"on the lab's own model, early stopping on the validation partial AUC (patience "
-            f"{early.get('patience', '?')}) kept epoch {early['kept_epoch']} (stopped at "
+            f"{early['patience']}) kept epoch {early['kept_epoch']} (stopped at "
             f"{early['stop_epoch']}): {early['metric']} {early['kept_test']:.3f}, "
             f"{'better than' if better else 'no better than'} the last epoch's {early['last_test']:.3f} (best at any "
             f"epoch {early['best_test']:.3f}, epoch {early['best_test_epoch']}).")
