@@ -60,6 +60,22 @@ def sample_execution(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def warm_kernel():
+    """One kernel per worker for the executions on new, degenerate or made-up runs (demos off): each is
+    executed by papermill into it (``execute(..., kernel_manager=warm_kernel)``), its namespace and input
+    history reset and its working directory set first, so the libraries are imported once per worker,
+    not once per run. The sample executions, the batch, the plain papermill command and each notebook's
+    papermill refusal test start a fresh kernel each, as a user's run does."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.transport_encryption = "auto"  # as the runner's kernels (helpers.runner.execute.kernel_manager_class)
+    km.start_kernel()
+    yield km
+    km.shutdown_kernel(now=True)
+
+
 def check_clean_outputs(executed: Path) -> None:
     """No executed notebook opens with a red warning: ipywidgets is installed, so tqdm has its widgets
     (no "IProgress not found"), and no widget state is stored (no page loads a widget manager)."""

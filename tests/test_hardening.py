@@ -36,7 +36,7 @@ from face import Result, pipeline
 
 from helpers.findings import SEVERITIES, STATUSES, Finding, Summary, start_output
 from helpers.io import InputError
-from helpers.paths import DATA_SAMPLES, NOTEBOOKS, PACKAGE_DIR
+from helpers.paths import DATA_SAMPLES, PACKAGE_DIR
 
 CASE_SECONDS = 20  # a case that has not ended by then is a hang
 
@@ -971,20 +971,15 @@ def test_an_injected_unknown_parameter_is_refused_by_every_notebook(key, name, e
     assert not (Path(params["output_dir"]) / "summary.json").exists()
 
 
-def run_papermill(name: str, params: dict, out: Path, cwd: Path):
-    import papermill as pm
-
-    return pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
-                               parameters={**params, "output_dir": str(out)}, kernel_name="python3", cwd=str(cwd),
-                               progress_bar=False, log_output=False, execution_timeout=120)
-
-
 @pytest.mark.notebook
 @pytest.mark.parametrize("name, key, case_name", [
     ("02_encoder_variance", "02", "two rows, two puzzles"),  # every cell of the diagnosis on two rows
     ("04_roc_collapse", "04", "roc_function raises"),  # the user's ROC function fails in a later cell too
 ])
-def test_papermill_completes_on_degenerate_but_valid_data(name, key, case_name, tmp_path):
+def test_papermill_completes_on_degenerate_but_valid_data(name, key, case_name, tmp_path, warm_kernel):
+    """Every cell of the notebook, executed by papermill (in the worker's warm kernel), completes."""
+    from helpers.runner.execute import execute
+
     c = next(c for c in CASES if c.notebook == key and c.name == case_name)
     d = tmp_path / "run"
     d.mkdir()
@@ -995,8 +990,7 @@ def test_papermill_completes_on_degenerate_but_valid_data(name, key, case_name, 
         params = {"embeddings": params["embeddings"], "run_demos": False}
     out = tmp_path / "out"
     _stale_summary(out)
-    run_papermill(name, params, out, d)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = execute(name, params, out, cwd=d, cell_timeout=120, kernel_manager=warm_kernel)
     assert summary["notebook"] == name and summary["findings"] and not summary["sample_run"]
     assert list(summary["dropped"]) == (["compare"] if key == "02" else [])
 

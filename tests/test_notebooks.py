@@ -47,7 +47,9 @@ def test_every_notebook_imports_its_own_package_under_the_same_aliases(name):
 def test_plain_papermill_runs_quiet_and_the_notebook_itself_refuses_a_misspelt_parameter(tmp_path, elsewhere):
     """papermill from the command line, as the README teaches it: the project's kernel asks for an
     encrypted transport itself (helpers/runner/kernel.py), so no kernel warns about plain-text TCP;
-    the injected cell reaches the kernel, and the validation cell refuses the unknown name in one line."""
+    the injected cell reaches the kernel, and the validation cell refuses the unknown name in one line.
+    This is notebook 02's papermill refusal (its others are checked in-process, test_hardening.py): one
+    error output of one line, and an earlier run's summary.json does not survive."""
     import subprocess
     import sys
     from pathlib import Path
@@ -60,10 +62,16 @@ def test_plain_papermill_runs_quiet_and_the_notebook_itself_refuses_a_misspelt_p
     assert spec.metadata["kernel_provisioner"]["provisioner_name"] == "workbooks-encrypted-provisioner"
     papermill = Path(sys.executable).parent / "papermill"
     out = tmp_path / "o"
+    out.mkdir()
+    (out / "summary.json").write_text('{"notebook": "an earlier run"}')
     done = subprocess.run([str(papermill), str(NOTEBOOKS / "02_encoder_variance.ipynb"), str(tmp_path / "out.ipynb"),
                            "-p", "embeddingz", "mine.npz", "-p", "run_demos", "False", "-p", "output_dir", str(out),
                            "--no-progress-bar"], capture_output=True, text=True, timeout=300, cwd=elsewhere)
     assert done.returncode != 0
     assert "without encryption" not in done.stderr, done.stderr
     assert "InputError: embeddingz: is not a parameter of this notebook (did you mean 'embeddings'?)" in done.stderr
-    assert not (out / "summary.json").exists()
+    assert not (out / "summary.json").exists(), "an earlier run's summary.json survived a failed run"
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "error"]
+    assert len(errors) == 1 and len(errors[0].traceback) == 1, "not one error line"

@@ -52,7 +52,7 @@ def notebook_names() -> list[str]:
 def execute(name: str, parameters: dict | None = None, output_dir: str | Path | None = None,
             cwd: str | Path | None = None, progress: bool = False, html: bool = False,
             source: str | Path | None = None, reports: str | Path | None = None,
-            cell_timeout: float | None = None) -> dict:
+            cell_timeout: float | None = None, kernel_manager=None) -> dict:
     """Execute ``notebooks/<name>.ipynb`` with papermill; return its summary.json as a dict.
 
     The executed notebook is written as ``<output_dir>/<name>.ipynb`` (and
@@ -62,6 +62,11 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
     Raises :class:`NotebookFailed` with the failing cell's error line. ``source``
     executes another notebook file under that name (the bench's import-only floor
     notebooks); one that writes no summary.json returns ``{}``.
+
+    ``kernel_manager``: a started kernel (jupyter_client ``KernelManager``) to execute in instead of
+    a new one, for a caller that executes many notebooks (the test suite): its namespace and input
+    history are reset and its working directory set to ``cwd`` first, and it is left running. The
+    libraries an earlier notebook imported stay imported: that is what it saves.
     """
     import papermill as pm
 
@@ -70,6 +75,10 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
     out.mkdir(parents=True, exist_ok=True)
     params = {**(parameters or {}), "output_dir": str(out)}
     executed = out / f"{name}.ipynb"
+    kw = {"shutdown_kernel": "immediate"}
+    if kernel_manager is not None:
+        _reset(kernel_manager, Path(cwd) if cwd else Path.cwd())
+        kw = {"km": kernel_manager}
     try:
         # shutdown_kernel="immediate": once the last cell has run (summary.json and figures written), the kernel
         # is killed instead of asked to exit; a graceful exit of a kernel holding torch & co. took 1.5-2.7 s.
@@ -78,8 +87,8 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
                 pm.execute_notebook(str(source or NOTEBOOKS / f"{name}.ipynb"), str(executed), parameters=params,
                                     kernel_name=KERNEL, cwd=str(cwd) if cwd else None,
                                     progress_bar=progress, log_output=False,
-                                    kernel_manager_class=kernel_manager_class(), shutdown_kernel="immediate",
-                                    execution_timeout=cell_timeout, store_widget_state=False)
+                                    kernel_manager_class=kernel_manager_class(),
+                                    execution_timeout=cell_timeout, store_widget_state=False, **kw)
                 break
             except RuntimeError as exc:
                 # jupyter_client picks free ports, then the kernel binds them: another process starting at
@@ -97,6 +106,20 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
     if source is not None and not (out / "summary.json").exists():
         return {}
     return json.loads((out / "summary.json").read_text())
+
+
+def _reset(kernel_manager, cwd: Path) -> None:
+    """A clean namespace and input history (the parameter check reads it) in ``cwd``."""
+    client = kernel_manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        reply = client.execute_interactive(f"%reset -f\nimport os\nos.chdir({str(cwd)!r})\ndel os", timeout=60,
+                                           output_hook=lambda msg: None)
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"resetting the kernel failed: {reply['content'].get('evalue')}")
+    finally:
+        client.stop_channels()
 
 
 def to_html(executed: Path, reports: Path | None = None) -> Path:
