@@ -12,6 +12,9 @@ QUIET  := { grep -v -e 'is ignored: it is neither a file nor a directory' || tru
 # Make the venv's `python3` kernel win over any user-level kernelspec of that name.
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# Compiled modules are cached (__pycache__, git-ignored) even where the shell says not to write them:
+# every kernel and test worker would otherwise compile helpers/ and pytest re-rewrite tests/ (4-5 s a worker).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help setup run compare test lab data bench course student clean distclean
 
