@@ -174,6 +174,21 @@ def guarded(fn: Callable, param: str, seconds: float | None) -> Callable:
     return call
 
 
+def load_file_module(path: str | Path, module_name: str | None = None):
+    """Import the Python file ``path`` as a module of its own, writing nothing beside it: the file is the
+    user's (or the sample run's), so no ``__pycache__`` is left in its folder."""
+    import sys
+
+    spec = importlib.util.spec_from_file_location(module_name or Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    before, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = before
+    return module
+
+
 def load_callable(name: str, spec: str, timeout: float | None = None) -> Callable:
     """Import ``"pkg.mod:fn"`` or ``"path/to/file.py:fn"`` and return the callable.
 
@@ -192,10 +207,7 @@ def load_callable(name: str, spec: str, timeout: float | None = None) -> Callabl
             if target.endswith(".py"):
                 from helpers.io import resolve_path
 
-                path = resolve_path(name, target)
-                mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-                module = importlib.util.module_from_spec(mod_spec)
-                mod_spec.loader.exec_module(module)
+                module = load_file_module(resolve_path(name, target))
             else:
                 module = importlib.import_module(target)
     except InputError:

@@ -150,3 +150,17 @@ def test_a_user_callable_past_its_time_limit_ends_in_one_line(tmp_path):
         assert 25 < left <= 30
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def test_a_user_callable_is_imported_without_writing_beside_its_file(tmp_path, monkeypatch):
+    """The file is the user's: importing it leaves no __pycache__ in its folder, even where Python writes
+    bytecode (the default), and the interpreter's own setting is restored."""
+    import sys
+
+    from helpers.params import load_callable
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    (tmp_path / "user.py").write_text(LOOPS)
+    assert load_callable("roc_function", f"{tmp_path / 'user.py'}:fine")(1) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user.py"]
+    assert sys.dont_write_bytecode is False

@@ -19,13 +19,14 @@ worker yields every id.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from helpers.params import load_file_module
 
 NOTEBOOK = "04_roc_collapse"
 ROC_FILE = "roc_naive.py"
@@ -120,10 +121,7 @@ def simulate_scores(cfg: RocCollapseConfig | None = None) -> pd.DataFrame:
 
 
 def naive_roc_module(path: Path):
-    spec = importlib.util.spec_from_file_location("roc_naive", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(path, "roc_naive")
 
 
 def history(scores: pd.DataFrame, roc_module, cfg: RocCollapseConfig) -> list[dict]:
