@@ -13,10 +13,14 @@ os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 # pytest-xdist runs one worker per core, and each worker's kernels and torch run beside the others': the
 # cores are shared among the workers as the runner shares them among its dask workers. Two processes with an
 # OpenMP pool as wide as the machine each spin-wait on the other's cores, and small torch steps slow down.
+# Set in the workers only: the controlling process loads this file too, before it knows how many workers it
+# will start, and the workers inherit its environment (a value it set would win over theirs).
 def _share_cores() -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
     from helpers.runner.batch import kernel_threads_env
 
-    for var, n in kernel_threads_env(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))).items():
+    for var, n in kernel_threads_env(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])).items():
         os.environ.setdefault(var, n)
 
 

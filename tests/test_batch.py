@@ -259,3 +259,20 @@ def test_samples_manifest_runs_every_notebook_on_its_defaults():
     tasks = load_manifest(DEFAULT_MANIFEST)
     assert [t.notebook for t in tasks] == notebook_names()
     assert all(t.run == "samples" and t.parameters == {} for t in tasks)
+
+
+def test_each_pytest_worker_and_its_kernels_get_their_share_of_the_cores():
+    """Under pytest-xdist, each worker's torch and BLAS pools (and its kernels', which inherit the
+    environment) are as wide as the runner gives each dask worker's kernels: two workers with pools as wide
+    as the machine spin-wait on each other's cores."""
+    from threadpoolctl import threadpool_info
+
+    from helpers.runner.batch import kernel_threads_env
+
+    if "PYTEST_XDIST_WORKER_COUNT" not in os.environ:
+        pytest.skip("not under pytest-xdist")
+    import torch
+
+    n = int(kernel_threads_env(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))["OMP_NUM_THREADS"])
+    assert torch.get_num_threads() == n
+    assert {pool["num_threads"] for pool in threadpool_info()} == {n}
