@@ -66,11 +66,11 @@ def sample_execution(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def warm_kernel():
-    """One kernel per worker for the executions on new, degenerate or made-up runs (demos off): each is
-    executed by papermill into it (``execute(..., kernel_manager=warm_kernel)``), its namespace and input
-    history reset and its working directory set first, so the libraries are imported once per worker,
-    not once per run. The sample executions, the batch, the plain papermill command and each notebook's
-    papermill refusal test start a fresh kernel each, as a user's run does."""
+    """One kernel per worker for the executions on new, degenerate or made-up runs and the papermill
+    refusals (demos off): each is executed by papermill into it (``execute(..., kernel_manager=warm_kernel)``),
+    its namespace and input history reset and its working directory set first, so the libraries are
+    imported once per worker, not once per run. The sample executions, the batch, the plain papermill
+    command and 01's new run start a fresh kernel each, as a user's run does."""
     from jupyter_client.manager import KernelManager
 
     km = KernelManager(kernel_name="python3")

@@ -10,8 +10,9 @@ import pytest
 from helpers.runner.execute import NotebookFailed, execute
 
 
-def failure_line(name: str, parameters: dict, output_dir: Path, cwd: Path | None = None) -> str:
-    """Execute ``name`` expecting it to fail; return its ``InputError: ...`` line.
+def failure_line(name: str, parameters: dict, output_dir: Path, cwd: Path | None = None, kernel_manager=None) -> str:
+    """Execute ``name`` with papermill (in ``kernel_manager``'s kernel when given: the worker's warm kernel)
+    expecting it to fail; return its ``InputError: ...`` line.
 
     The executed notebook must hold exactly one error output, of one line: no traceback; and an
     earlier run's summary.json in ``output_dir`` must not survive (it would look like this run's result).
@@ -19,7 +20,7 @@ def failure_line(name: str, parameters: dict, output_dir: Path, cwd: Path | None
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "summary.json").write_text('{"notebook": "an earlier run"}')
     with pytest.raises(NotebookFailed) as exc:
-        execute(name, parameters, output_dir, cwd=cwd)
+        execute(name, parameters, output_dir, cwd=cwd, kernel_manager=kernel_manager)
     assert not (Path(output_dir) / "summary.json").exists(), "an earlier run's summary.json survived a failed run"
     assert not list(Path(output_dir).glob(".summary.*")), "a partial summary is left behind"
     executed = nbformat.read(Path(output_dir) / f"{name}.ipynb", as_version=4)

@@ -116,8 +116,9 @@ def test_made_up_clean_run_without_parents(tmp_path, elsewhere, warm_kernel):
     check_what_to_change(summary, nbformat.read(tmp_path / "out" / f"{NAME}.ipynb", as_version=4))
 
 
-def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere):
+def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, warm_kernel):
     """One papermill refusal; the others are checked in-process (test_augmentation_leakage.py)."""
     pd.DataFrame({"x": [1.0, 2.0, np.inf], "split": ["train", "val", "train"]}).to_parquet(elsewhere / "inf.parquet")
-    line = failure_line(NAME, {"samples": "inf.parquet", "run_demos": False}, tmp_path / "out", cwd=elsewhere)
+    line = failure_line(NAME, {"samples": "inf.parquet", "run_demos": False}, tmp_path / "out", cwd=elsewhere,
+                        kernel_manager=warm_kernel)
     assert all(part in line for part in ["samples: ", "inf.parquet", "column 'x' has 1 NaN/inf values"]), line

@@ -85,8 +85,9 @@ def test_made_up_run(tmp_path, elsewhere, warm_kernel):
     assert healthy["parameters"]["forward_model"] == ""
 
 
-def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere):
-    line = failure_line(NAME, {"checkpoints": "missing.npz", "run_demos": False}, tmp_path / "out", cwd=elsewhere)
+def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, warm_kernel):
+    line = failure_line(NAME, {"checkpoints": "missing.npz", "run_demos": False}, tmp_path / "out", cwd=elsewhere,
+                        kernel_manager=warm_kernel)
     assert all(part in line for part in ["InputError: checkpoints: ", "missing.npz", "file not found"]), line
 
 

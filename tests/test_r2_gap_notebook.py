@@ -219,9 +219,10 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, elsewhere, params, expect
 
 
 @pytest.mark.notebook
-def test_bad_input_stops_the_notebook_with_one_line(tmp_path, elsewhere):
+def test_bad_input_stops_the_notebook_with_one_line(tmp_path, elsewhere, warm_kernel):
     bad_files(elsewhere)
-    line = failure_line(NAME, {"predictions": "no_pred.parquet", "run_demos": False}, tmp_path / "out", cwd=elsewhere)
+    line = failure_line(NAME, {"predictions": "no_pred.parquet", "run_demos": False}, tmp_path / "out", cwd=elsewhere,
+                        kernel_manager=warm_kernel)
     assert line.startswith("InputError: predictions: ")
     assert all(part in line for part in ("no_pred.parquet", "missing required column 'y_pred'")), line
     assert not (tmp_path / "out" / "summary.json").exists()

@@ -186,7 +186,7 @@ def test_04_bad_input_is_refused_in_one_line(tmp_path, elsewhere, params, expect
 
 
 @pytest.mark.notebook
-def test_04_a_looping_roc_function_stops_the_notebook_in_one_line(tmp_path, elsewhere):
+def test_04_a_looping_roc_function_stops_the_notebook_in_one_line(tmp_path, elsewhere, warm_kernel):
     """papermill on the minimal call plus a roc_function that never returns: the notebook stops about
     callable_timeout after the call, with one line naming roc_function (its own except cannot swallow it)."""
     import time
@@ -196,7 +196,7 @@ def test_04_a_looping_roc_function_stops_the_notebook_in_one_line(tmp_path, else
                                       "            pass\n        except Exception:\n            return None\n")
     t0 = time.monotonic()
     line = failure_line(NAME, {"scores": "scores.csv", "roc_function": "roc.py:roc", "callable_timeout": 2,
-                               "run_demos": False}, tmp_path / "out", cwd=elsewhere)
+                               "run_demos": False}, tmp_path / "out", cwd=elsewhere, kernel_manager=warm_kernel)
     took = time.monotonic() - t0
     assert line.startswith("InputError: roc_function: did not return within 2 s (callable_timeout)"), line
     assert took < 60, took  # a kernel start, the diagnosis up to the audit, and the 2 s limit
