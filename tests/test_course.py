@@ -91,10 +91,13 @@ def test_the_validator_passes_every_graded_cell_of_the_source(name, sample_execu
 
 @pytest.mark.notebook
 @pytest.mark.xdist_group("course")
-def test_the_validator_fails_every_graded_cell_of_the_release(built, tmp_path):
+def test_the_validator_fails_every_graded_cell_of_the_release(built, tmp_path, warm_kernel):
     """The release, as nbgrader made it for ``make course``: every graded cell fails when executed (stubs
-    raise, nothing answered). The five exercise notebooks run one after the other in one kernel (one
-    start, one set of imports), the namespace reset between them, so no notebook sees another's names."""
+    raise, nothing answered). The five exercise notebooks run one after the other in the worker's warm
+    kernel, every cell even after an error (as nbgrader's own execution: 30 s a cell), the namespace reset
+    between them, so no notebook sees another's names; the Validator grades the outputs."""
+    from nbclient import NotebookClient
+    from nbgrader.preprocessors import CheckCellMetadata
     from nbgrader.utils import compute_checksum
     from nbgrader.validator import Validator
 
@@ -112,8 +115,11 @@ def test_the_validator_fails_every_graded_cell_of_the_release(built, tmp_path):
             owner.setdefault(source, []).append(name)
         code += [c.source.strip() for c in release.cells if course.grading(c).get("grade") and c.cell_type == "code"]
     assert len(set(code)) == len(code), "two graded code cells share their text: the check cannot tell them apart"
+    cells.insert(0, nbformat.v4.new_code_cell(f"import os\nos.chdir({str(tmp_path)!r})"))
+    joined = nbformat.v4.new_notebook(cells=cells, metadata=release.metadata)
+    NotebookClient(joined, km=warm_kernel, allow_errors=True, timeout=30).execute()
     path = tmp_path / "release.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=release.metadata), path)
-    failed = {f["source"] for f in Validator().validate(str(path)).get("failed", [])}
+    nbformat.write(joined, path)
+    failed = {f["source"] for f in Validator(preprocessors=[CheckCellMetadata]).validate(str(path)).get("failed", [])}
     passing = sorted(f"{', '.join(owner[s])}: {s.splitlines()[0][:60]}" for s in set(owner) - failed)
     assert passing == [], f"graded cells that pass without an answer: {passing}"
