@@ -109,7 +109,10 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
 
 
 def _reset(kernel_manager, cwd: Path) -> None:
-    """A clean namespace and input history (the parameter check reads it) in ``cwd``."""
+    """A clean namespace and input history (the parameter check reads it) in ``cwd``; a kernel that died
+    (an earlier notebook crashed it) is started again."""
+    if not kernel_manager.is_alive():
+        kernel_manager.restart_kernel(now=True)
     client = kernel_manager.client()
     client.start_channels()
     try:
