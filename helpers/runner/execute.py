@@ -75,13 +75,13 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
     out.mkdir(parents=True, exist_ok=True)
     params = {**(parameters or {}), "output_dir": str(out)}
     executed = out / f"{name}.ipynb"
+    # shutdown_kernel="immediate": once the last cell has run (summary.json and figures written), the kernel
+    # is killed instead of asked to exit; a graceful exit of a kernel holding torch & co. took 1.5-2.7 s.
     kw = {"shutdown_kernel": "immediate"}
     if kernel_manager is not None:
         _reset(kernel_manager, Path(cwd) if cwd else Path.cwd())
         kw = {"km": kernel_manager}
     try:
-        # shutdown_kernel="immediate": once the last cell has run (summary.json and figures written), the kernel
-        # is killed instead of asked to exit; a graceful exit of a kernel holding torch & co. took 1.5-2.7 s.
         for attempt in (1, 2):
             try:
                 pm.execute_notebook(str(source or NOTEBOOKS / f"{name}.ipynb"), str(executed), parameters=params,
