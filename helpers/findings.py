@@ -125,6 +125,12 @@ class Summary:
         return verdict_table(self.findings.values())
 
 
+# printed where a notebook's mechanism lab starts when run_demos is False: the Markdown of the lab and
+# the exercises stays on the page, so the page says why nothing is under it
+DEMOS_OFF = ("Not run (run_demos is False): the mechanism lab and the exercises below say what they show when "
+             "they run; execute with -p run_demos True to see their tables and figures.")
+
+
 SAMPLE_BANNER = (">>> These are the BUNDLED SAMPLE RUN's files, not your run: override the parameters "
                  "(papermill -p NAME FILE) to diagnose yours. <<<")
 

@@ -75,3 +75,29 @@ def test_plain_papermill_runs_quiet_and_the_notebook_itself_refuses_a_misspelt_p
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.output_type == "error"]
     assert len(errors) == 1 and len(errors[0].traceback) == 1, "not one error line"
+
+
+def _lab_cell(nb) -> str:
+    return next(c.source for c in nb.cells if c.cell_type == "code" and "if run_demos" in c.source)
+
+
+@pytest.mark.parametrize("name", notebook_names())
+def test_the_lab_says_when_it_was_not_run(name):
+    """With run_demos False the lab's and the exercises' Markdown stays on the page: the lab's first cell
+    prints why nothing is under it (checked executed in the demos-off runs and in the samples below)."""
+    from helpers.findings import DEMOS_OFF
+
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    assert _lab_cell(nb).rstrip().endswith("else:\n    print(DEMOS_OFF)")
+    assert "run_demos" in DEMOS_OFF and "-p run_demos True" in DEMOS_OFF
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in notebook_names()])
+def test_a_sample_execution_runs_its_lab(name, sample_execution):
+    from helpers.findings import DEMOS_OFF
+
+    _, executed = sample_execution(name)
+    nb = nbformat.read(executed, as_version=4)
+    lab = next(c for c in nb.cells if c.cell_type == "code" and "if run_demos" in c.source)
+    assert lab.outputs and DEMOS_OFF not in str(lab.outputs)
