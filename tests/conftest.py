@@ -71,11 +71,9 @@ def warm_kernel():
     its namespace and input history reset and its working directory set first, so the libraries are
     imported once per worker, not once per run. The sample executions, the batch, the plain papermill
     command and 01's new run start a fresh kernel each, as a user's run does."""
-    from jupyter_client.manager import KernelManager
+    from helpers.runner.execute import start_kernel
 
-    km = KernelManager(kernel_name="python3")
-    km.transport_encryption = "auto"  # as the runner's kernels (helpers.runner.execute.kernel_manager_class)
-    km.start_kernel()
+    km = start_kernel()
     yield km
     km.shutdown_kernel(now=True)
 

@@ -23,9 +23,18 @@ def failure_line(name: str, parameters: dict, output_dir: Path, cwd: Path | None
         execute(name, parameters, output_dir, cwd=cwd, kernel_manager=kernel_manager)
     assert not (Path(output_dir) / "summary.json").exists(), "an earlier run's summary.json survived a failed run"
     assert not list(Path(output_dir).glob(".summary.*")), "a partial summary is left behind"
-    executed = nbformat.read(Path(output_dir) / f"{name}.ipynb", as_version=4)
-    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.output_type == "error"]
-    assert len(errors) == 1 and len(errors[0].traceback) == 1, "not one error line"
+    check_one_error_line(Path(output_dir) / f"{name}.ipynb")
     assert exc.value.line.startswith("InputError: "), exc.value.line
     return exc.value.line
+
+
+def check_one_error_line(executed: Path) -> None:
+    """The executed notebook holds exactly one error output, of one line: no traceback."""
+    nb = nbformat.read(executed, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert len(errors) == 1 and len(errors[0].traceback) == 1, "not one error line"
+
+
+def lab_cell(nb):
+    """The notebook's first cell that runs only with run_demos: where its mechanism lab starts."""
+    return next(c for c in nb.cells if c.cell_type == "code" and "if run_demos" in c.source)

@@ -101,6 +101,8 @@ def test_the_validator_fails_every_graded_cell_of_the_release(built, tmp_path, w
     from nbgrader.utils import compute_checksum
     from nbgrader.validator import Validator
 
+    from helpers.runner.execute import reset_kernel
+
     cells, owner, code = [], {}, []
     for name in NAMES:
         release = exercise_notebook(nbformat.read(built / "release" / name / f"{name}.ipynb", as_version=4))
@@ -115,8 +117,8 @@ def test_the_validator_fails_every_graded_cell_of_the_release(built, tmp_path, w
             owner.setdefault(source, []).append(name)
         code += [c.source.strip() for c in release.cells if course.grading(c).get("grade") and c.cell_type == "code"]
     assert len(set(code)) == len(code), "two graded code cells share their text: the check cannot tell them apart"
-    cells.insert(0, nbformat.v4.new_code_cell(f"import os\nos.chdir({str(tmp_path)!r})"))
     joined = nbformat.v4.new_notebook(cells=cells, metadata=release.metadata)
+    reset_kernel(warm_kernel, tmp_path)
     NotebookClient(joined, km=warm_kernel, allow_errors=True, timeout=30).execute()
     path = tmp_path / "release.ipynb"
     nbformat.write(joined, path)

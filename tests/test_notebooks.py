@@ -2,6 +2,7 @@
 
 import nbformat
 import pytest
+from notebook_checks import check_one_error_line, lab_cell
 
 from helpers.paths import NOTEBOOKS
 from helpers.runner.execute import notebook_names
@@ -71,14 +72,7 @@ def test_plain_papermill_runs_quiet_and_the_notebook_itself_refuses_a_misspelt_p
     assert "without encryption" not in done.stderr, done.stderr
     assert "InputError: embeddingz: is not a parameter of this notebook (did you mean 'embeddings'?)" in done.stderr
     assert not (out / "summary.json").exists(), "an earlier run's summary.json survived a failed run"
-    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
-    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.output_type == "error"]
-    assert len(errors) == 1 and len(errors[0].traceback) == 1, "not one error line"
-
-
-def _lab_cell(nb) -> str:
-    return next(c.source for c in nb.cells if c.cell_type == "code" and "if run_demos" in c.source)
+    check_one_error_line(tmp_path / "out.ipynb")
 
 
 @pytest.mark.parametrize("name", notebook_names())
@@ -88,7 +82,7 @@ def test_the_lab_says_when_it_was_not_run(name):
     from helpers.findings import DEMOS_OFF
 
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    assert _lab_cell(nb).rstrip().endswith("else:\n    print(DEMOS_OFF)")
+    assert lab_cell(nb).source.rstrip().endswith("else:\n    print(DEMOS_OFF)")
     assert "run_demos" in DEMOS_OFF and "-p run_demos True" in DEMOS_OFF
 
 
@@ -99,5 +93,5 @@ def test_a_sample_execution_runs_its_lab(name, sample_execution):
 
     _, executed = sample_execution(name)
     nb = nbformat.read(executed, as_version=4)
-    lab = next(c for c in nb.cells if c.cell_type == "code" and "if run_demos" in c.source)
+    lab = lab_cell(nb)
     assert lab.outputs and DEMOS_OFF not in str(lab.outputs)

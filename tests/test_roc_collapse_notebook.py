@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from face import pipeline
-from notebook_checks import failure_line
+from notebook_checks import failure_line, lab_cell
 
 from helpers.findings import DEMOS_OFF, SAMPLE_BANNER
 from helpers.io import InputError
@@ -158,8 +158,7 @@ def test_04_on_a_new_healthy_run(tmp_path, elsewhere, warm_kernel):
     check_what_to_change(rendered_what_to_change(tmp_path / "out" / f"{NAME}.ipynb"), summary)
     assert summary["findings"]["logged_metric_mismatch"]["status"] == "not_applicable"
     executed = nbformat.read(tmp_path / "out" / f"{NAME}.ipynb", as_version=4)  # the lab's place says it did not run
-    lab = next(c for c in executed.cells if c.cell_type == "code" and "if run_demos" in c.source)
-    assert [o.text.strip() for o in lab.outputs] == [DEMOS_OFF]
+    assert [o.text.strip() for o in lab_cell(executed).outputs] == [DEMOS_OFF]
     minimal = pipeline(dx, scores="scores.csv", output_dir=str(tmp_path / "minimal"))
     assert without_lab(minimal.summary.to_dict()) == without_lab(summary)
     assert all(f"not used: {k}" in minimal.banner for k in summary["dropped"])

@@ -79,7 +79,7 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
     # is killed instead of asked to exit; a graceful exit of a kernel holding torch & co. took 1.5-2.7 s.
     kw = {"shutdown_kernel": "immediate"}
     if kernel_manager is not None:
-        _reset(kernel_manager, Path(cwd) if cwd else Path.cwd())
+        reset_kernel(kernel_manager, Path(cwd) if cwd else Path.cwd())
         kw = {"km": kernel_manager}
     try:
         for attempt in (1, 2):
@@ -108,7 +108,18 @@ def execute(name: str, parameters: dict | None = None, output_dir: str | Path | 
     return json.loads((out / "summary.json").read_text())
 
 
-def _reset(kernel_manager, cwd: Path) -> None:
+def start_kernel():
+    """A started kernel of the project's kind (encrypted transport, as :func:`kernel_manager_class`) for a caller
+    that executes many notebooks into it (``execute(..., kernel_manager=...)``); the caller shuts it down."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=KERNEL)
+    km.transport_encryption = "auto"
+    km.start_kernel()
+    return km
+
+
+def reset_kernel(kernel_manager, cwd: Path) -> None:
     """A clean namespace and input history (the parameter check reads it) in ``cwd``; a kernel that died
     (an earlier notebook crashed it) is started again."""
     if not kernel_manager.is_alive():
