@@ -32,6 +32,13 @@ def pytest_configure(config):
                                        "processes (torch.distributed, the benchmarks); `-m 'not notebook'` is the fast set")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests that start kernels, clusters or processes first, the quick ones after: xdist hands out work
+    in this order (groups first, the largest first), so quick tests fill the cores at the end instead of one
+    worker finishing a long execution alone."""
+    items.sort(key=lambda item: item.get_closest_marker("notebook") is None)
+
+
 @pytest.fixture
 def elsewhere(tmp_path, monkeypatch):
     """Run from an unrelated working directory."""
