@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 from helpers.paths import NOTEBOOKS, REPORTS
@@ -119,15 +120,31 @@ def start_kernel():
     return km
 
 
+def ready_client(kernel_manager, retry: bool, timeout: float = 60) -> object:
+    """A started client the kernel has answered. Just after a restart, a client whose encrypted channels
+    connect while the kernel is still binding them can stay unanswered (seen here in one restart of four),
+    while a new client is answered at once: then each try waits 3 s, with a new client."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client = kernel_manager.client()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=3 if retry else timeout)
+            return client
+        except RuntimeError:
+            client.stop_channels()
+            if not retry or time.monotonic() > deadline or not kernel_manager.is_alive():
+                raise
+
+
 def reset_kernel(kernel_manager, cwd: Path) -> None:
     """A clean namespace and input history (the parameter check reads it) in ``cwd``; a kernel that died
     (an earlier notebook crashed it) is started again."""
-    if not kernel_manager.is_alive():
+    restarted = not kernel_manager.is_alive()
+    if restarted:
         kernel_manager.restart_kernel(now=True)
-    client = kernel_manager.client()
-    client.start_channels()
+    client = ready_client(kernel_manager, retry=restarted)
     try:
-        client.wait_for_ready(timeout=60)
         reply = client.execute_interactive(f"%reset -f\nimport os\nos.chdir({str(cwd)!r})\ndel os", timeout=60,
                                            output_hook=lambda msg: None)
         if reply["content"]["status"] != "ok":
