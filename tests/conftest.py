@@ -49,9 +49,10 @@ def elsewhere(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def sample_execution(tmp_path_factory):
+def sample_execution(tmp_path_factory, warm_kernel):
     """``sample_execution(name)``: the notebook executed once per worker on its bundled sample run
-    (defaults, demos on), from an unrelated working directory; returns (summary dict, executed .ipynb path).
+    (defaults, demos on), from an unrelated working directory, in the worker's warm kernel; returns
+    (summary dict, executed .ipynb path).
 
     Mark the tests that use it ``@pytest.mark.xdist_group("<notebook>")`` so that, under
     ``--dist loadgroup``, one worker executes each sample once and shares it.
@@ -64,7 +65,7 @@ def sample_execution(tmp_path_factory):
         if name not in cache:
             out = tmp_path_factory.mktemp(f"sample-{name}")
             cwd = tmp_path_factory.mktemp(f"cwd-{name}")
-            cache[name] = (execute(name, {}, out, cwd=cwd), out / f"{name}.ipynb")
+            cache[name] = (execute(name, {}, out, cwd=cwd, kernel_manager=warm_kernel), out / f"{name}.ipynb")
             check_clean_outputs(cache[name][1])
         return cache[name]
 
@@ -73,11 +74,14 @@ def sample_execution(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def warm_kernel():
-    """One kernel per worker for the executions on new, degenerate or made-up runs and the papermill
-    refusals (demos off): each is executed by papermill into it (``execute(..., kernel_manager=warm_kernel)``),
-    its namespace and input history reset and its working directory set first, so the libraries are
-    imported once per worker, not once per run. The sample executions, the batch, the plain papermill
-    command and 01's new run start a fresh kernel each, as a user's run does."""
+    """One kernel per worker for the sample executions, most executions on new, degenerate or made-up runs
+    and the papermill refusals: each is executed by papermill into it (``execute(..., kernel_manager=
+    warm_kernel)``), its namespace and input history reset and its working directory set first, so the
+    libraries are imported once per worker, not once per run.
+
+    Each notebook also runs whole in a fresh kernel of its own, as a user's run does: 01 on a new run and
+    in the batch, 02 in the batch, 03 and 05 on their made-up runs, 04 on its new healthy run (and the batch,
+    the plain papermill command and the external dask worker start fresh kernels too)."""
     from helpers.runner.execute import start_kernel
 
     km = start_kernel()

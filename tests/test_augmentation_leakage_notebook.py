@@ -98,7 +98,9 @@ def test_sample_run_is_deterministic_and_the_face_gives_the_notebooks_summary(sa
     assert jsonable(lab.run(lab.LabConfig(seed=0)).to_dict(orient="records")) == summary["metrics"]["lab"]
 
 
-def test_made_up_clean_run_without_parents(tmp_path, elsewhere, warm_kernel):
+def test_made_up_clean_run_without_parents(tmp_path, elsewhere):
+    """A clean real run (scikit-learn's diabetes data, split at random) in a fresh kernel, as a user's run:
+    nothing detected."""
     data = datasets.load_diabetes(as_frame=True).frame
     rng = np.random.default_rng(0)
     data["split"] = np.where(rng.random(len(data)) < 0.2, "val", "train")
@@ -106,7 +108,7 @@ def test_made_up_clean_run_without_parents(tmp_path, elsewhere, warm_kernel):
     data.to_csv(elsewhere / "rows.csv", index=False)
     # the minimal call (the samples, and which columns are features); the sample's companions are not used
     summary = execute(NAME, {"samples": "rows.csv", "feature_columns": "[age, bmi, bp, s1, s2, s3, s4, s5, s6]",
-                             "run_demos": False}, tmp_path / "out", cwd=elsewhere, kernel_manager=warm_kernel)
+                             "run_demos": False}, tmp_path / "out", cwd=elsewhere)
     assert set(summary["dropped"]) == {"declared_copies", "group_metrics", "train_loss", "val_loss"}
     st = status(summary)
     assert "detected" not in st.values(), st

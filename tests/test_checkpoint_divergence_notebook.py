@@ -70,14 +70,14 @@ def test_the_sample_notebook_prints_the_banner_first(sample_execution):
     assert first.output_type == "stream" and first.text.startswith(">>> These are the BUNDLED SAMPLE RUN's files")
 
 
-def test_made_up_run(tmp_path, elsewhere, warm_kernel):
-    """A healthy real run (linear model on scikit-learn's diabetes data): nothing detected, not the sample."""
+def test_made_up_run(tmp_path, elsewhere):
+    """A healthy real run (linear model on scikit-learn's diabetes data): nothing detected, not the sample.
+    In a fresh kernel, as a user's run (the sample executions share the worker's warm kernel)."""
     from test_checkpoint_divergence import make_diabetes_run
 
     np.savez(elsewhere / "healthy.npz", **make_diabetes_run())
     # the minimal call: only the required checkpoints; the sample's forward model is not applied to them
-    healthy = execute(NAME, {"run_demos": False, "checkpoints": "healthy.npz"}, tmp_path / "h", cwd=elsewhere,
-                      kernel_manager=warm_kernel)
+    healthy = execute(NAME, {"run_demos": False, "checkpoints": "healthy.npz"}, tmp_path / "h", cwd=elsewhere)
     assert set(status(healthy).values()) == {"not_detected"}
     assert healthy["sample_run"] is False and list(healthy["dropped"]) == ["forward_model"]
     text = check_what_to_change(healthy, tmp_path / "h" / f"{NAME}.ipynb")
