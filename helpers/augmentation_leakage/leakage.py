@@ -65,6 +65,7 @@ PROGRESS_ROWS = 200_000  # pools at least this large report what the scan is doi
 # detected when the excess share over ALPHA is at least MIN_LEAKED_SHARE with a binomial p below P_MAX.
 ALPHA = 0.01
 REFERENCE_MEDIANS = 2000  # at least this many size-matched reference medians, so the ALPHA quantile is steady
+MEDIAN_BATCH_ROWS = 1 << 22  # draws of the reference medians taken together, up to this many rows at once
 MIN_LEAKED_SHARE = 0.02
 P_MAX = 1e-3
 # without parent ids, rows linked to one of their LINK_NEIGHBOURS nearest rows closer than the valley
@@ -927,13 +928,24 @@ def _matched_medians(ratio: np.ndarray, unit: np.ndarray, sizes: np.ndarray, dra
     of large units beside validation units of single rows (the common clean run: copies made in training
     only) would put clean single rows below the reference quantile far more often than ``ALPHA``."""
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(draws):
+    out, vals, keys, limits, n_keys = [], [], [], [], 0
+
+    def medians() -> None:  # the draws gathered so far, at once: each unit's rows kept, ranked and median'd
+        key = np.concatenate(keys)  # draw by draw, units numbered in order of first appearance
+        rank = pd.Series(key).groupby(key).cumcount().to_numpy()
+        keep = rank < np.concatenate(limits)
+        out.append(pd.Series(np.concatenate(vals)[keep]).groupby(key[keep]).median().to_numpy())
+        vals.clear(), keys.clear(), limits.clear()
+
+    for i in range(draws):
         order = rng.permutation(len(ratio))
-        codes, _ = pd.factorize(unit[order])
-        rank = pd.Series(codes).groupby(codes).cumcount().to_numpy()
-        keep = rank < rng.choice(sizes, size=codes.max() + 1)[codes]
-        out.append(pd.Series(ratio[order][keep]).groupby(codes[keep]).median().to_numpy())
+        codes, units = pd.factorize(unit[order])
+        limits.append(rng.choice(sizes, size=len(units))[codes])
+        vals.append(ratio[order])
+        keys.append(codes + n_keys)
+        n_keys += len(units)
+        if (len(keys) * len(ratio) >= MEDIAN_BATCH_ROWS) or i == draws - 1:
+            medians()
     return np.concatenate(out)
 
 
