@@ -27,6 +27,7 @@ def test_bench_quick_writes_its_table(tmp_path):
         assert row in table
 
 
+@pytest.mark.notebook  # its stand-in executions are child processes
 def test_the_batch_benchmark_builds_its_rows_from_the_runners_record(monkeypatch):
     """bench/batch.py with the runner stood in (the runner, its clusters and kernels are tested in
     test_batch.py): each 'execution' is a short child process, so the memory sampler measures real

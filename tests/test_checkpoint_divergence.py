@@ -22,6 +22,9 @@ from helpers.checkpoint_divergence import lab
 from helpers.io import InputError
 from helpers.paths import DATA_SAMPLES
 
+# its module fixtures (runs built or trained once) are computed once, on one worker
+pytestmark = pytest.mark.xdist_group("test_checkpoint_divergence")
+
 SAMPLE = DATA_SAMPLES / dx.NOTEBOOK
 BASE = dict(checkpoints=str(SAMPLE / "checkpoints.npz"), forward_model=dx.SAMPLE_FORWARD_MODEL,
             checkpoint_files="", model_factory="", validation="", last_k=5, k_neighbours=5, callable_timeout=60.0, output_dir="",

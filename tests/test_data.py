@@ -17,6 +17,9 @@ import pytest
 from helpers.paths import DATA_SAMPLES
 from helpers.runner.samples import main
 
+# its module fixtures (runs built or trained once) are computed once, on one worker
+pytestmark = pytest.mark.xdist_group("test_data")
+
 TRAINED = ("02_encoder_variance", "03_checkpoint_divergence")  # float values differ across CPUs
 
 

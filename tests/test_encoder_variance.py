@@ -15,6 +15,9 @@ from helpers.findings import what_to_change
 from helpers.io import InputError
 from helpers.paths import DATA_SAMPLES
 
+# its module fixtures (runs built or trained once) are computed once, on one worker
+pytestmark = pytest.mark.xdist_group("test_encoder_variance")
+
 NAME = dx.NOTEBOOK
 SEED = 7  # not the sample's seed (0)
 

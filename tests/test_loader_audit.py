@@ -8,6 +8,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from helpers.roc_collapse import loader_audit as la
 
+pytestmark = pytest.mark.notebook  # every log is written by a DataLoader forking its worker processes
+
 
 class Shards(IterableDataset):
     """Yields (sample_id, worker) for its rank's shard; ``per_worker`` splits the shard across workers."""

@@ -100,6 +100,7 @@ def test_sample_run_agrees_with_the_in_process_pipeline(sample_execution, tmp_pa
     assert mine["inputs"] == summary["inputs"] and mine["sample_run"]
 
 
+@pytest.mark.notebook  # a new Python process runs the import cell
 def test_the_import_cell_loads_no_torch():
     """Only the lab needs torch (run_demos): the import cell prints its version without importing it."""
     import subprocess

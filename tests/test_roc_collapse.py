@@ -317,6 +317,7 @@ def rows_for(df, order):
     return pd.concat(frames, ignore_index=True)
 
 
+@pytest.mark.notebook  # a real DataLoader forks its worker processes
 def test_duplicated_eval_rows_are_diagnosed_and_counted_once(tmp_path):
     """The worker bug in the evaluation loader: every validation sample is scored once per worker. The run is
     diagnosed (it was refused: "a sample_id appears twice in one epoch"), and every check counts each sample

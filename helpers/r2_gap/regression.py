@@ -11,6 +11,7 @@ sums, all-reduced, are the exact distributed fix.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -123,9 +124,8 @@ def pooled(stats: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     if not by:
         return stats[list(STAT_COLUMNS)].sum().to_frame().T
     inv, keys = _group_index(stats, by)
-    for col in STAT_COLUMNS:
-        keys[col] = np.bincount(inv, stats[col].to_numpy(), len(keys))
-    return keys
+    sums = {col: np.bincount(inv, stats[col].to_numpy(), len(keys)) for col in STAT_COLUMNS}
+    return pd.DataFrame({**{k: keys[k].to_numpy() for k in keys.columns}, **sums})  # one frame, not one column at a time
 
 
 def _mean_by(inv: np.ndarray, n_groups: int, values: np.ndarray, skip_nan: bool) -> np.ndarray:
@@ -335,7 +335,14 @@ def _metric_columns(per_channel: pd.DataFrame, by: list[str]) -> tuple[pd.DataFr
         with np.errstate(divide="ignore", invalid="ignore"):
             out[("variance_weighted", "r2")] = 1 - sse / ss_tot
             out[("variance_weighted", "explained_variance")] = w_ev / ss_tot
-    return pd.DataFrame(out), keys
+    return pd.DataFrame(np.column_stack(list(out.values())), columns=_column_index(tuple(out))), keys
+
+
+@functools.lru_cache(maxsize=8)
+def _column_index(columns: tuple[tuple[str, str], ...]) -> pd.MultiIndex:
+    """The (multioutput, metric) columns, built once per layout: building a MultiIndex costs more than the
+    arithmetic of a small run, and candidate_table asks for one many times per session."""
+    return pd.MultiIndex.from_tuples(columns)
 
 
 def _long(values: pd.Series, scope: str, aggregation: str) -> list[tuple]:
