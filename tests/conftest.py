@@ -1,3 +1,4 @@
+import gc
 import os
 import sys
 from pathlib import Path
@@ -30,6 +31,14 @@ _share_cores()
 def pytest_configure(config):
     config.addinivalue_line("markers", "notebook: starts a kernel (papermill), a dask cluster or other worker "
                                        "processes (torch.distributed, the benchmarks); `-m 'not notebook'` is the fast set")
+
+
+def pytest_collection_finish(session):
+    """What collection imported (torch, scikit-learn, pandas, lightning, ...: some 500,000 objects) is never
+    garbage: moved out of the collector's reach, each full collection during the tests and the five at the
+    end (pytest looks for unraisable exceptions) no longer walks it; what the tests create is collected as
+    before."""
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -15,7 +15,7 @@ import functools
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import numpy as np
@@ -157,6 +157,8 @@ class GroupedRun:
     center: float
     duplicates: np.ndarray | None = None  # per row of the table: a repeat (None when not kept, e.g. streamed)
     repeated: np.ndarray | None = None  # per row: its sample (and channel) is in the table more than once
+    # candidate_table's answers by session (None: the whole run): the findings ask for the same one many times
+    candidates: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def channels(self) -> list:
@@ -366,6 +368,12 @@ def candidate_table(run: GroupedRun, session=None) -> pd.DataFrame:
     reported number should equal). Batch means skip batches whose metric is
     undefined (fewer than 2 rows or a constant target), as nanmean would.
     """
+    if session not in run.candidates:
+        run.candidates[session] = _candidate_table(run, session)
+    return run.candidates[session].copy()
+
+
+def _candidate_table(run: GroupedRun, session) -> pd.DataFrame:
     st = run.stats if session is None else run.stats[run.stats["session"] == session]
     clean = st[st["dup"] == 0]
     with_dups = bool((st["dup"] == 1).any())
