@@ -88,9 +88,9 @@ def warm_kernel():
     warm_kernel)``), its namespace and input history reset and its working directory set first, so the
     libraries are imported once per worker, not once per run.
 
-    Each notebook also runs whole in a fresh kernel of its own, as a user's run does: 01 on a new run and
-    in the batch, 02 in the batch, 03 and 05 on their made-up runs, 04 on its new healthy run (and the batch,
-    the plain papermill command and the external dask worker start fresh kernels too)."""
+    Each notebook also runs whole in a fresh kernel of its own, as a user's run does: 01 and 02 in the batch
+    (01 again on the external dask worker), 03 and 05 on their made-up runs, 04 on its new healthy run; the
+    plain papermill command starts one too."""
     from helpers.runner.execute import start_kernel
 
     km = start_kernel()

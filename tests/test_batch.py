@@ -279,14 +279,16 @@ def test_each_pytest_worker_and_its_kernels_get_their_share_of_the_cores():
 
 
 @pytest.mark.notebook
-def test_execute_into_a_warm_kernel_resets_it_first(tmp_path, warm_kernel):
+def test_execute_into_a_warm_kernel_resets_it_first(tmp_path):
     """``execute(..., kernel_manager=...)``: no name and no input history of the notebook before, the
-    working directory the caller gives, and a kernel that died is started again."""
+    working directory the caller gives, and a kernel that died is started again. A kernel of its own
+    (``start_kernel``, as the worker's warm kernel): killing the worker's would make the next notebook
+    import the libraries again."""
     import signal
 
     import nbformat
 
-    from helpers.runner.execute import execute
+    from helpers.runner.execute import execute, start_kernel
 
     def notebook(path, source):
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
@@ -298,12 +300,16 @@ def test_execute_into_a_warm_kernel_resets_it_first(tmp_path, warm_kernel):
     first = notebook(tmp_path / "first.ipynb", "leftover = 1\nprint('first')")
     second = notebook(tmp_path / "second.ipynb", "import os, json\njson.dump({'names': sorted(dir()), 'cwd': os.getcwd(), "
                                                   "'history': len(In)}, open('seen.json', 'w'))")
-    assert execute("first", {}, tmp_path / "o1", cwd=tmp_path / "a", source=first, kernel_manager=warm_kernel) == {}
-    os.kill(warm_kernel.provisioner.process.pid, signal.SIGKILL)  # as if the first notebook had crashed it
-    deadline = time.time() + 10
-    while warm_kernel.is_alive() and time.time() < deadline:
-        time.sleep(0.05)
-    execute("second", {}, tmp_path / "o2", cwd=tmp_path / "b", source=second, kernel_manager=warm_kernel)
+    km = start_kernel()
+    try:
+        assert execute("first", {}, tmp_path / "o1", cwd=tmp_path / "a", source=first, kernel_manager=km) == {}
+        os.kill(km.provisioner.process.pid, signal.SIGKILL)  # as if the first notebook had crashed it
+        deadline = time.time() + 10
+        while km.is_alive() and time.time() < deadline:
+            time.sleep(0.05)
+        execute("second", {}, tmp_path / "o2", cwd=tmp_path / "b", source=second, kernel_manager=km)
+    finally:
+        km.shutdown_kernel(now=True)
     seen = json.loads((tmp_path / "b" / "seen.json").read_text())
     assert "leftover" not in seen["names"] and seen["cwd"] == str(tmp_path / "b")
     assert seen["history"] <= 4  # the reset, the injected parameters and this cell: nothing of the first notebook
