@@ -120,7 +120,7 @@ def start_kernel():
     return km
 
 
-def ready_client(kernel_manager, retry: bool, timeout: float = 60) -> object:
+def _ready_client(kernel_manager, retry: bool, timeout: float = 60):
     """A started client the kernel has answered. Just after a restart, a client whose encrypted channels
     connect while the kernel is still binding them can stay unanswered (seen here in one restart of four),
     while a new client is answered at once: then each try waits 3 s, with a new client."""
@@ -143,7 +143,7 @@ def reset_kernel(kernel_manager, cwd: Path) -> None:
     restarted = not kernel_manager.is_alive()
     if restarted:
         kernel_manager.restart_kernel(now=True)
-    client = ready_client(kernel_manager, retry=restarted)
+    client = _ready_client(kernel_manager, retry=restarted)
     try:
         reply = client.execute_interactive(f"%reset -f\nimport os\nos.chdir({str(cwd)!r})\ndel os", timeout=60,
                                            output_hook=lambda msg: None)
