@@ -33,11 +33,19 @@ def pytest_configure(config):
                                        "processes (torch.distributed, the benchmarks); `-m 'not notebook'` is the fast set")
 
 
+# torchmetrics imports transformers, scipy.signal and matplotlib when it is imported (4-6 s of CPU); lightning
+# imports torchmetrics. Test modules import them inside the tests that use them, and those tests share the
+# xdist group "torchmetrics", so one worker pays the import and the other never does.
+TORCHMETRICS = ("torchmetrics", "lightning", "transformers")
+COLLECTION_IMPORTED: set[str] = set()
+
+
 def pytest_collection_finish(session):
-    """What collection imported (torch, scikit-learn, pandas, lightning, ...: some 500,000 objects) is never
+    """What collection imported (torch, scikit-learn, pandas, ...: some 500,000 objects) is never
     garbage: moved out of the collector's reach, each full collection during the tests and the five at the
     end (pytest looks for unraisable exceptions) no longer walks it; what the tests create is collected as
     before."""
+    COLLECTION_IMPORTED.update(m for m in TORCHMETRICS if m in sys.modules)
     gc.freeze()
 
 

@@ -167,6 +167,7 @@ class VariationalEncoder(nn.Module):
         return mu, logvar
 
 
+@pytest.mark.xdist_group("torchmetrics")  # lightning imports torchmetrics; see conftest.TORCHMETRICS
 def test_02_lightning_predict(out_dir):
     from helpers.encoder_variance import diagnosis as ev
 
@@ -228,6 +229,7 @@ def lit_regressor(net):
     return Regressor()
 
 
+@pytest.mark.xdist_group("torchmetrics")  # lightning imports torchmetrics; see conftest.TORCHMETRICS
 def test_03_lightning_checkpoints(out_dir):
     from helpers.checkpoint_divergence import diagnosis as cd
     from helpers.params import load_callable
@@ -300,6 +302,7 @@ def tpr_at_fpr_10(prediction):
     return {"tpr@fpr0.1": float(tpr[fpr <= 0.1].max())}
 
 
+@pytest.mark.xdist_group("torchmetrics")  # transformers, which torchmetrics imports; see conftest.TORCHMETRICS
 def test_04_huggingface_trainer(out_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

@@ -4,10 +4,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
-from torchmetrics.functional.classification import (
-    binary_sensitivity_at_specificity,
-    binary_specificity_at_sensitivity,
-)
 
 from helpers.roc_collapse import low_fpr as lf
 
@@ -30,8 +26,14 @@ def run_with_ties(n=3000, seed=0, decimals=1):
     return y, s
 
 
+@pytest.mark.xdist_group("torchmetrics")  # see conftest.TORCHMETRICS
 @pytest.mark.parametrize("decimals", [0, 1, 6])
 def test_step_metrics_match_brute_force_and_torchmetrics(decimals):
+    from torchmetrics.functional.classification import (
+        binary_sensitivity_at_specificity,
+        binary_specificity_at_sensitivity,
+    )
+
     y, s = run_with_ties(decimals=decimals)
     c = lf.curve(y, s)
     for t in (0.003, 0.01, 0.1, 0.33):

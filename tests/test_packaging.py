@@ -126,3 +126,11 @@ def test_tests_of_one_group_run_on_one_worker(request):
 
     if os.environ.get("PYTEST_XDIST_WORKER") and request.config.getoption("dist", None) == "loadgroup":
         assert request.node.nodeid.endswith("@xdist-check"), request.node.nodeid
+
+
+def test_collection_leaves_torchmetrics_to_the_tests_that_use_it():
+    """No test module imports torchmetrics (or lightning, transformers) when it is collected: the import costs
+    each worker 4-6 s of CPU, and only the tests of the group "torchmetrics" need it."""
+    from conftest import COLLECTION_IMPORTED
+
+    assert not COLLECTION_IMPORTED, f"imported while collecting: {sorted(COLLECTION_IMPORTED)}"

@@ -6,8 +6,9 @@ import pytest
 
 from helpers.r2_gap import lab
 
-# its module fixtures (runs built or trained once) are computed once, on one worker
-pytestmark = pytest.mark.xdist_group("test_r2_gap_lab")
+# its module fixtures (runs built or trained once) are computed once, on one worker; the lab imports
+# torchmetrics (see conftest.TORCHMETRICS)
+pytestmark = pytest.mark.xdist_group("torchmetrics")
 
 
 def task():

@@ -7,8 +7,6 @@ import torch
 from scipy import stats as sps
 from scipy.signal import lfilter
 from sklearn.metrics import explained_variance_score, r2_score
-from torchmetrics.functional import pearson_corrcoef
-from torchmetrics.functional import r2_score as tm_r2
 
 from helpers.r2_gap import regression as reg
 
@@ -18,8 +16,12 @@ def metrics(y, p):
     return {k: float(v) for k, v in m.items()}
 
 
+@pytest.mark.xdist_group("torchmetrics")  # see conftest.TORCHMETRICS
 @pytest.mark.parametrize("seed", range(5))
 def test_metrics_match_sklearn_scipy_torchmetrics(seed):
+    from torchmetrics.functional import pearson_corrcoef
+    from torchmetrics.functional import r2_score as tm_r2
+
     rng = np.random.default_rng(seed)
     y = rng.normal(3, 2, size=200)
     p = 0.7 * y + rng.normal(0.5, 1, size=200)
