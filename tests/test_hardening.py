@@ -171,19 +171,19 @@ def a03(name: str) -> dict:
 
 @cache
 def s04() -> pd.DataFrame:
-    """Three epochs of the sample's scores (first, middle, last), every 8th row: both classes, ties kept."""
+    """Three epochs of the sample's scores (first, middle, last), every 32nd row: both classes, ties kept."""
     df = pd.read_parquet(DATA_SAMPLES / "04_roc_collapse" / "scores.parquet")
     epochs = sorted(df["epoch"].unique())
-    keep = df["epoch"].isin([epochs[0], epochs[len(epochs) // 2], epochs[-1]]) & (df["sample_id"] % 8 == 0)
+    keep = df["epoch"].isin([epochs[0], epochs[len(epochs) // 2], epochs[-1]]) & (df["sample_id"] % 32 == 0)
     return df[keep].reset_index(drop=True)
 
 
 @cache
 def i04() -> pd.DataFrame:
-    """The sample's loader log for one sample_id in eight, each with every one of its rows (epochs, ranks,
-    workers): the duplication the audit measures is kept, at an eighth of the rows to read."""
+    """The sample's loader log for one sample_id in 32, each with every one of its rows (epochs, ranks,
+    workers): the duplication the audit measures is kept, at a 32nd of the rows to read."""
     df = pd.read_parquet(DATA_SAMPLES / "04_roc_collapse" / "seen_ids.parquet")
-    return df[df["sample_id"].isin(np.unique(df["sample_id"])[::8])].reset_index(drop=True)
+    return df[df["sample_id"].isin(np.unique(df["sample_id"])[::32])].reset_index(drop=True)
 
 
 @cache

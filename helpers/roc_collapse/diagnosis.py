@@ -254,8 +254,14 @@ class Diagnosis:
     negatives_needed: dict = field(default_factory=dict)  # fpr target -> negatives for MAX_CI_WIDTH (projected)
 
     def value(self, source: str, metric: str) -> pd.Series:
-        v = self.values[(self.values["source"] == source) & (self.values["metric"] == metric)]
-        return v.set_index("epoch")["value"]
+        """The metric's value per epoch on ``source`` (empty where it was not measured)."""
+        table = self.__dict__.get("_by_metric")
+        if table is None or table[0] is not self.values:  # one split of the table, again if it was replaced
+            split = {k: g.set_index("epoch")["value"] for k, g in self.values.groupby(["source", "metric"], sort=False)}
+            table = self.__dict__["_by_metric"] = (self.values, split)
+        found = table[1].get((source, metric))
+        return found.copy() if found is not None else pd.Series([], name="value", dtype=float,
+                                                                index=pd.Index([], name="epoch", dtype="int64"))
 
 
 def _metric_keys(fpr_targets, tpr_targets, history: pd.DataFrame | None) -> list[tuple[str, str, float]]:
