@@ -252,14 +252,16 @@ class Diagnosis:
     repeats_epochs: pd.DataFrame | None = None
     float32_fix: dict | None = None  # the saved logits through a wider sigmoid where ties decide (wider_sigmoid)
     negatives_needed: dict = field(default_factory=dict)  # fpr target -> negatives for MAX_CI_WIDTH (projected)
+    # ``values`` split by (source, metric) once, for value(): filtering the table on every call cost a third of
+    # a small run's diagnosis; (the table split, its parts)
+    _by_metric: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def value(self, source: str, metric: str) -> pd.Series:
         """The metric's value per epoch on ``source`` (empty where it was not measured)."""
-        table = self.__dict__.get("_by_metric")
-        if table is None or table[0] is not self.values:  # one split of the table, again if it was replaced
-            split = {k: g.set_index("epoch")["value"] for k, g in self.values.groupby(["source", "metric"], sort=False)}
-            table = self.__dict__["_by_metric"] = (self.values, split)
-        found = table[1].get((source, metric))
+        if self._by_metric is None or self._by_metric[0] is not self.values:  # split again if the table was replaced
+            self._by_metric = (self.values, {k: g.set_index("epoch")["value"]
+                                             for k, g in self.values.groupby(["source", "metric"], sort=False)})
+        found = self._by_metric[1].get((source, metric))
         return found.copy() if found is not None else pd.Series([], name="value", dtype=float,
                                                                 index=pd.Index([], name="epoch", dtype="int64"))
 
