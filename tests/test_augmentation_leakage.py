@@ -159,6 +159,7 @@ def test_sample_companions_are_ignored_for_another_run(tmp_path):
     assert run.declared is None and run.group_metrics is None and math.isnan(run.train_loss)
     assert set(run.dropped) == {"declared_copies", "group_metrics", "train_loss", "val_loss"}
     assert all(f"not used: {name} (left at the bundled sample's value" in r.banner for name in run.dropped)
+    assert "logged losses: train not given, val not given" in r.banner  # words, not nan
     assert r.summary.to_dict()["dropped"] == run.dropped
     # only the file read is listed, and it is not the sample's: no sample banner
     assert list(run.inputs) == ["samples"] and SAMPLE_BANNER not in r.banner
@@ -173,6 +174,7 @@ def test_the_sample_run_is_announced_and_its_numbers_reconcile(tmp_path):
     assert r.banner.startswith(SAMPLE_BANNER)
     assert list(r.run.inputs) == ["samples", "declared_copies", "group_metrics"]
     assert "samples: 14040 rows (train 11934, val 2106)" in r.banner
+    assert f"logged losses: train {losses['train_loss']:g}, val {losses['val_loss']:g}" in r.banner
     d = r.diagnosis
     # the per-group values weighted by validation rows give back the logged val loss (4-decimal rounding)
     assert d.weighted["this"]["row_weighted"] == pytest.approx(losses["val_loss"], abs=1e-3)

@@ -215,7 +215,8 @@ def describe_inputs(run: Run) -> str:
         f"declared copies: {run.declared if run.declared is not None else 'not given'}",
         (f"group metrics: this run {run.group_metrics.attrs['this_run']!r} vs baseline {run.baseline_run!r}"
          if run.group_metrics is not None else "group metrics: not given"),
-        f"logged losses: train {run.train_loss}, val {run.val_loss}",
+        "logged losses: " + ", ".join(f"{side} {'not given' if math.isnan(v) else f'{v:g}'}"
+                                      for side, v in (("train", run.train_loss), ("val", run.val_loss))),
     ]
     return describe_files(run.inputs, dropped=run.dropped, details=details, notes=run.notes)
 
