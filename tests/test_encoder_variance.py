@@ -2,6 +2,7 @@
 that are not the sample, the sample's pipeline, bad inputs (papermill: test_encoder_variance_notebook.py)."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -214,7 +215,8 @@ def test_pipeline_on_the_sample(tmp_path, elsewhere):
     assert set(r.run.inputs) == {"embeddings", "compare[0]", "compare[1]"}
     lines = r.banner.splitlines()
     assert "BUNDLED SAMPLE RUN" in lines[0]
-    assert any(line.strip().startswith("deterministic: z (384, 32), 64 puzzles, z_samples None") for line in lines)
+    assert "deterministic: z (384, 32), 64 puzzles, no z_samples, no logvar" in [line.strip() for line in lines]
+    assert not any(re.search(r"\bNone\b", line) for line in lines), r.banner  # words, not Python's None
     comparison = dx.compare_runs(r.diagnosis.measured)
     assert comparison.loc["collapsed_variational", "decision"] == "collapsed to deterministic"
     assert comparison.loc["healthy_variational", "decision"] == "healthy"

@@ -194,9 +194,11 @@ def load_inputs(params: Mapping[str, Any]) -> tuple[dict[str, Any], Run]:
 
 def describe_inputs(run: Run) -> str:
     """The files read, and the arrays found in each."""
+    def array(key: str, a: np.ndarray | None) -> str:
+        return f"no {key}" if a is None else f"{key} {a.shape}"
+
     details = [f"{name}: z {r.z.shape}, {len(np.unique(r.group.astype(str)))} puzzles, "
-               f"z_samples {None if r.z_samples is None else r.z_samples.shape}, "
-               f"logvar {None if r.logvar is None else r.logvar.shape}" for name, r in run.encoders.items()]
+               f"{array('z_samples', r.z_samples)}, {array('logvar', r.logvar)}" for name, r in run.encoders.items()]
     return describe_files(run.inputs, dropped=run.dropped, details=details)
 
 
