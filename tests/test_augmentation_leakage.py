@@ -175,6 +175,7 @@ def test_the_sample_run_is_announced_and_its_numbers_reconcile(tmp_path):
     assert list(r.run.inputs) == ["samples", "declared_copies", "group_metrics"]
     assert "samples: 14040 rows (train 11934, val 2106)" in r.banner
     assert f"logged losses: train {losses['train_loss']:g}, val {losses['val_loss']:g}" in r.banner
+    assert "declared copies per original: k=4,m=2 0, k=4,m=3 0, k=5,m=2 0, k=4,m=4 1," in r.banner
     d = r.diagnosis
     # the per-group values weighted by validation rows give back the logged val loss (4-decimal rounding)
     assert d.weighted["this"]["row_weighted"] == pytest.approx(losses["val_loss"], abs=1e-3)

@@ -212,7 +212,8 @@ def describe_inputs(run: Run) -> str:
         f"samples: {len(s)} rows (" + ", ".join(f"{k} {counts.get(k, 0)}" for k in SPLITS if k in counts) + ")",
         f"features ({len(run.features)}): {', '.join(run.features[:8])}{' ...' if len(run.features) > 8 else ''}",
         "optional columns: " + (", ".join(c for c in OPTIONAL if run.has(c)) or "none"),
-        f"declared copies: {run.declared if run.declared is not None else 'not given'}",
+        "declared copies per original: " + (", ".join(f"{g} {n:g}" for g, n in run.declared.items())
+                                            if run.declared is not None else "not given"),
         (f"group metrics: this run {run.group_metrics.attrs['this_run']!r} vs baseline {run.baseline_run!r}"
          if run.group_metrics is not None else "group metrics: not given"),
         "logged losses: " + ", ".join(f"{side} {'not given' if math.isnan(v) else f'{v:g}'}"
