@@ -204,6 +204,10 @@ def load_inputs(params: Mapping) -> tuple[dict, Run]:
     return p, run
 
 
+def _loss(value: float) -> str:
+    return "not given" if math.isnan(value) else f"{value:g}"
+
+
 def describe_inputs(run: Run) -> str:
     """The first printed output: the files read (loudly when they are the bundled sample run) and what they hold."""
     s = run.samples
@@ -216,8 +220,7 @@ def describe_inputs(run: Run) -> str:
                                             if run.declared is not None else "not given"),
         (f"group metrics: this run {run.group_metrics.attrs['this_run']!r} vs baseline {run.baseline_run!r}"
          if run.group_metrics is not None else "group metrics: not given"),
-        "logged losses: " + ", ".join(f"{side} {'not given' if math.isnan(v) else f'{v:g}'}"
-                                      for side, v in (("train", run.train_loss), ("val", run.val_loss))),
+        f"logged losses: train {_loss(run.train_loss)}, val {_loss(run.val_loss)}",
     ]
     return describe_files(run.inputs, dropped=run.dropped, details=details, notes=run.notes)
 
