@@ -25,11 +25,12 @@ def run_lab():
 
 
 @pytest.fixture(scope="module")
-def evaluated():
+def evaluated():  # forks a gloo process group: the tests that use it are marked notebook
     table, ranks = run_lab()
     return table.set_index("method"), ranks
 
 
+@pytest.mark.notebook
 def test_exact_fixes_match_single_process_sklearn(evaluated):
     table, _ = evaluated
     for method in ("exact: all-reduced sufficient statistics, duplicates removed",
@@ -38,6 +39,7 @@ def test_exact_fixes_match_single_process_sklearn(evaluated):
         assert abs(table.loc[method, "r_error"]) < 1e-6
 
 
+@pytest.mark.notebook
 def test_buggy_computations_differ(evaluated):
     table, ranks = evaluated
     for method in ("rank 0 only", "seed Fix 1: all-reduce mean of per-rank R² and r",
@@ -48,6 +50,7 @@ def test_buggy_computations_differ(evaluated):
     assert table.loc["seed Fix 2 with its sums all-reduced", "r2_error"] < 0
 
 
+@pytest.mark.notebook
 def test_the_lab_is_deterministic(evaluated):
     """The lab's errors go into summary.json: the same seed gives the same numbers."""
     table, ranks = run_lab()
