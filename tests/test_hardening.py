@@ -18,10 +18,12 @@ behind, even a stale one from an earlier run. A static check keeps loading pickl
 from __future__ import annotations
 
 import ast
+import atexit
 import json
 import re
 import shutil
 import signal
+import tempfile
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -128,6 +130,20 @@ def missing(path: Path) -> Path:
 def save_table(df: pd.DataFrame, path: Path) -> Path:
     df.to_parquet(path, index=False) if path.suffix == ".parquet" else df.to_csv(path, index=False)
     return path
+
+
+_CLEAN: dict[str, Path] = {}  # each clean input file, written once per worker
+
+
+def clean_copy(name: str, write: Callable[[Path], object], d: Path) -> Path:
+    """``d / name``: a copy of the clean file that ``write(path)`` writes, written once per worker (the
+    bases are rebuilt for every case; copying bytes costs a tenth of writing a parquet file again)."""
+    if name not in _CLEAN:
+        folder = Path(tempfile.mkdtemp(prefix="hardening-clean-"))
+        atexit.register(shutil.rmtree, folder, True)
+        write(folder / name)
+        _CLEAN[name] = folder / name
+    return Path(shutil.copy(_CLEAN[name], d / name))
 
 
 def _stale_summary(out: Path) -> None:
@@ -252,21 +268,21 @@ PIPELINES = {"01": _through_the_face("r2_gap", _cells_01), "02": _through_the_fa
 # ============================================================================ clean inputs in a tmp dir
 # Every input is a copy outside data_samples/, so no "mixed with the bundled sample" refusal interferes.
 def base_01(d: Path) -> dict:
-    save_table(t01(), d / "predictions.parquet")
+    clean_copy("predictions.parquet", lambda p: save_table(t01(), p), d)
     shutil.copy(DATA_SAMPLES / "01_r2_gap" / "reported.json", d / "reported.json")
     return dict(predictions=str(d / "predictions.parquet"), reported=str(d / "reported.json"), multioutput="flat",
                 tolerance=1e-4, n_bootstrap=50, lab_world_size=4, output_dir=str(d / "out"), run_demos=False, seed=0)
 
 
 def base_02(d: Path) -> dict:
-    np.savez(d / "embeddings.npz", **a02("collapsed_variational"))
-    np.savez(d / "other.npz", **a02("deterministic"))
+    clean_copy("embeddings.npz", lambda p: np.savez(p, **a02("collapsed_variational")), d)
+    clean_copy("other.npz", lambda p: np.savez(p, **a02("deterministic")), d)
     return dict(embeddings=str(d / "embeddings.npz"), compare=[str(d / "other.npz")], output_dir=str(d / "out"),
                 run_demos=False, seed=0)
 
 
 def base_03(d: Path) -> dict:
-    np.savez(d / "checkpoints.npz", **a03("checkpoints"))
+    clean_copy("checkpoints.npz", lambda p: np.savez(p, **a03("checkpoints")), d)
     return dict(checkpoints=str(d / "checkpoints.npz"), forward_model="", checkpoint_files="", model_factory="",
                 validation="", last_k=3, k_neighbours=5, callable_timeout=60.0, output_dir=str(d / "out"), run_demos=False, seed=0)
 
@@ -277,16 +293,16 @@ def base_03_files(d: Path) -> dict:
     for i in (7, 14, 21, 28):
         shutil.copy(DATA_SAMPLES / "03_checkpoint_divergence" / "checkpoints" / f"epoch_{i:02d}.pt",
                     d / "ckpt" / f"epoch_{i:02d}.pt")
-    np.savez(d / "validation.npz", **a03("validation"))
+    clean_copy("validation.npz", lambda p: np.savez(p, **a03("validation")), d)
     return dict(checkpoints="", forward_model="", checkpoint_files=str(d / "ckpt" / "*.pt"),
                 model_factory="helpers.checkpoint_divergence.lab:make_model", validation=str(d / "validation.npz"),
                 last_k=3, k_neighbours=5, callable_timeout=60.0, output_dir=str(d / "out"), run_demos=False, seed=0)
 
 
 def base_04(d: Path) -> dict:
-    save_table(s04(), d / "scores.parquet")
+    clean_copy("scores.parquet", lambda p: save_table(s04(), p), d)
     shutil.copy(DATA_SAMPLES / "04_roc_collapse" / "history.json", d / "history.json")
-    save_table(i04(), d / "seen_ids.parquet")
+    clean_copy("seen_ids.parquet", lambda p: save_table(i04(), p), d)
     shutil.copy(DATA_SAMPLES / "04_roc_collapse" / "roc_naive.py", d / "roc_naive.py")
     return dict(history=str(d / "history.json"), scores=str(d / "scores.parquet"), fpr_targets=[1e-4, 1e-3],
                 tpr_targets=[0.5, 0.85], seen_ids=str(d / "seen_ids.parquet"),
@@ -295,7 +311,7 @@ def base_04(d: Path) -> dict:
 
 
 def base_05(d: Path) -> dict:
-    save_table(s05(), d / "samples.parquet")
+    clean_copy("samples.parquet", lambda p: save_table(s05(), p), d)
     for f in ("declared_copies.json", "group_metrics.csv"):
         shutil.copy(DATA_SAMPLES / "05_augmentation_leakage" / f, d / f)
     return dict(samples=str(d / "samples.parquet"), feature_columns=[], declared_copies=str(d / "declared_copies.json"),
