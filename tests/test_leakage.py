@@ -358,3 +358,20 @@ def test_the_search_in_slices_of_query_rows_finds_the_same_neighbours(monkeypatc
     np.testing.assert_allclose(ds, d, rtol=1e-5)
     near = d < 0.1  # near-copies are recomputed from their differences: exactly the same
     assert near.sum() >= 2000 and (ds[near] == d[near]).all()
+
+
+def test_forests_grow_on_one_thread_for_small_runs_and_the_same_trees_on_more(monkeypatch):
+    """Small runs grow their trees on one thread (starting threads costs more than they save); larger ones on
+    OpenMP's count, at most 4, and the trees do not depend on it."""
+    assert lk.fit_jobs(lk.FIT_PARALLEL_ROWS - 1) == 1
+    monkeypatch.setattr(lk, "_workers", lambda: 8)
+    assert lk.fit_jobs(lk.FIT_PARALLEL_ROWS) == 4
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame(rng.normal(size=(3000, len(lab.FEATURES))), columns=lab.FEATURES).assign(
+        target=lambda t: t[lab.FEATURES[0]] + rng.normal(size=3000))
+    monkeypatch.setattr(lk, "_workers", lambda: 2)
+    two = lab.fit(rows, trees=6)
+    monkeypatch.setattr(lk, "_workers", lambda: 1)
+    one = lab.fit(rows, trees=6)
+    x = rows[lab.FEATURES].to_numpy()
+    np.testing.assert_array_equal(two.predict(x), one.predict(x))

@@ -13,7 +13,6 @@ The face: :func:`load_inputs` (the one place parameters are checked and files re
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,6 @@ from helpers.findings import describe_inputs as describe_files
 from helpers.io import InputError, check_columns, load_json, load_table, resolve_path
 from helpers.params import check_range, check_types, drop_sample_companions
 from helpers.paths import DATA_SAMPLES
-
-FIT_JOBS = min(4, os.cpu_count() or 1)  # threads growing the proxy forest's trees (each tree has its own seed)
 
 NOTEBOOK = "05_augmentation_leakage"
 FINDING_IDS = ("parent_leakage", "near_duplicate_leakage", "augmentation_mismatch", "val_composition_imbalance",
@@ -310,7 +307,7 @@ def _proxy_gap(run: Run, x, is_train, is_val, scan, seed: int, progress: bool = 
 
     def fit_eval(tr, va):
         est = ExtraTreesRegressor(n_estimators=REFERENCE_TREES, max_leaf_nodes=100, max_features=0.5,
-                                  random_state=seed, n_jobs=FIT_JOBS)
+                                  random_state=seed, n_jobs=lk.fit_jobs(len(tr)))
         est.fit(x[tr], y[tr]).set_params(n_jobs=1)  # the same trees on any number of threads; predict in one order
         t, v = mean_squared_error(y[tr], est.predict(x[tr])), mean_squared_error(y[va], est.predict(x[va]))
         return t, v

@@ -11,7 +11,6 @@ rows renormalised, target unchanged).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,8 @@ import pandas as pd
 from sklearn.ensemble import ExtraTreesRegressor
 from sklearn.metrics import mean_squared_error
 from sklearn.model_selection import GroupShuffleSplit
+
+from helpers.augmentation_leakage.leakage import fit_jobs
 
 GROUPS = {(4, 2): "easy", (4, 3): "easy", (5, 2): "easy", (4, 4): "medium", (5, 3): "medium", (6, 2): "medium",
           (4, 5): "hard", (5, 4): "hard", (6, 3): "hard"}
@@ -28,7 +29,6 @@ N = 9
 P_COLUMNS = [f"p{i:02d}" for i in range(20)]  # k x (n - k) <= 20 entries, zero-padded
 FEATURES = ["n", "k", "m", *P_COLUMNS]
 N_MESSAGES = 64
-FIT_JOBS = min(4, os.cpu_count() or 1)  # threads growing a forest's trees
 
 
 def group_name(k: int, m: int) -> str:
@@ -121,9 +121,9 @@ def model(seed: int = 0, trees: int = 30) -> ExtraTreesRegressor:
 
 
 def fit(rows: pd.DataFrame, seed: int = 0, features=FEATURES, trees: int = 30) -> ExtraTreesRegressor:
-    """:func:`model` fitted on ``rows``: its trees grown on up to ``FIT_JOBS`` threads (each tree has its
+    """:func:`model` fitted on ``rows``: its trees grown on ``fit_jobs(len(rows))`` threads (each tree has its
     own seed, so the trees are the same), then predicting on one (a fixed order of summing the trees)."""
-    est = model(seed, trees).set_params(n_jobs=FIT_JOBS)
+    est = model(seed, trees).set_params(n_jobs=fit_jobs(len(rows)))
     return est.fit(rows[list(features)].to_numpy(), rows["target"].to_numpy()).set_params(n_jobs=1)
 
 

@@ -54,6 +54,7 @@ JOIN_PROBES, ROWS_PER_LIST, TOP_PROBES = 3, 256, 3
 # SECOND_PROBES nearest lists (fewer when that would cost more than the first search): an ordinary nearest
 # neighbour is found by few lists' search, a near-copy's almost always by the row's own list
 SECOND_PROBES = 128
+FIT_PARALLEL_ROWS = 2000  # forests on fewer rows grow on one thread (fit_jobs)
 HEAP_ROWS = 1 << 18  # knn_join searches this many query rows at a time (memory: their heaps)
 READ_ROWS = 1 << 16  # split_distances / train_loo read the neighbour lists of this many rows at a time
 FALLBACK_EXACT_LIMIT = 2e8
@@ -227,6 +228,13 @@ def _faiss_threads(n: int):
 def _workers() -> int:
     """Threads for the searches: as many as faiss would use (the cores it sees)."""
     return max(1, faiss.omp_get_max_threads())
+
+
+def fit_jobs(rows: int) -> int:
+    """Threads growing a forest's trees on ``rows`` rows (each tree has its own seed: the same trees on any
+    number): as many as the searches use (OpenMP's count, which the runner sets to each kernel's share of the
+    cores), at most 4; one below ``FIT_PARALLEL_ROWS`` rows, where starting threads costs more than they save."""
+    return 1 if rows < FIT_PARALLEL_ROWS else min(4, _workers())
 
 
 def _knn_blocks(zq: np.ndarray, zb: np.ndarray, k: int, shards: list[list[tuple[np.ndarray, np.ndarray]]],
