@@ -218,6 +218,34 @@ def test_jacobian_autograd_matches_finite_differences_and_numpy_fallback():
     assert s.loc["v", "curve_rms_from_error"] == 0.0
 
 
+def test_a_curve_without_gradient_is_differenced_and_a_long_curve_takes_the_batched_jacobian():
+    """A forward model computing in numpy and handing back a tensor carries no gradient: its Jacobian is taken
+    by central differences, not read as zeros. A curve longer than ROW_GRADIENTS points takes the batched
+    jacobian; both agree with central differences."""
+    import torch
+
+    a = np.array([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]])
+    x = np.array([0.3, -0.7])
+
+    def f_wrapped(p):
+        p = p.detach().numpy()
+        return torch.as_tensor(np.sin(p @ a.T) * p[:, :1] ** 2)
+
+    j, how = ck.jacobian(f_wrapped, x)
+    assert how == "central differences" and np.abs(j).max() > 0.1
+    np.testing.assert_allclose(j, ck.finite_difference_jacobian(f_wrapped, x), rtol=1e-12)
+
+    b = np.random.default_rng(0).normal(size=(ck.ROW_GRADIENTS + 5, 2))
+
+    def f_long(p):
+        return torch.sin(p @ torch.as_tensor(b.T))
+
+    for f, length in ((f_long, ck.ROW_GRADIENTS + 5), (lambda p: f_long(p)[:, :ck.ROW_GRADIENTS], ck.ROW_GRADIENTS)):
+        j, how = ck.jacobian(f, x)
+        assert how == "autograd" and j.shape == (length, 2)
+        np.testing.assert_allclose(j, np.cos(b[:length] @ x)[:, None] * b[:length], rtol=1e-12, atol=1e-12)
+
+
 def test_error_correlation_matches_scipy_and_handles_constants():
     rng = np.random.default_rng(9)
     a = rng.normal(size=50)

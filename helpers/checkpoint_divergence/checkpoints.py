@@ -615,6 +615,9 @@ def ensemble(pred: np.ndarray, k: int, how: str = "mean") -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- curves and sensitivity
+ROW_GRADIENTS = 256  # jacobian: curves up to this many points take one backward pass per point
+
+
 def call_forward(fn: Callable, params: np.ndarray, chunk: int = 2048, fast: bool = True) -> np.ndarray:
     """Curves (n, L) as float64 numpy from a forward model given (n, P) parameters as a torch tensor.
 
@@ -649,15 +652,29 @@ def curve_errors(fn: Callable, pred: np.ndarray, reference_curves: np.ndarray) -
 
 
 def jacobian(fn: Callable, point: np.ndarray) -> tuple[np.ndarray, str]:
-    """d curve / d parameter (L, P) at ``point`` with torch.autograd.functional.jacobian; a forward model that
-    does not support autograd falls back to central finite differences. Returns (J, method)."""
+    """d curve / d parameter (L, P) at ``point`` by autograd; a forward model whose curve carries no gradient
+    (numpy inside, a tensor made from its result, no autograd support) falls back to central finite differences.
+    Returns (J, method).
+
+    Curves of up to ``ROW_GRADIENTS`` points take one backward pass per point: as fast as a batched one at that
+    size, without what batched gradients import on first use (sympy, about 0.7 s). Longer curves take the
+    batched (vectorised) jacobian.
+    """
     import torch
 
-    x0 = torch.as_tensor(np.asarray(point, dtype=np.float64))
+    x = torch.tensor(np.asarray(point, dtype=np.float64), requires_grad=True)
     try:
-        jac = torch.autograd.functional.jacobian(lambda x: fn(x[None])[0], x0, vectorize=True)
-        if not isinstance(jac, torch.Tensor):
+        out = fn(x[None])
+        if not isinstance(out, torch.Tensor):
             raise TypeError("forward model did not return a tensor")
+        out = out[0].reshape(-1)
+        if not out.requires_grad:
+            raise TypeError("the forward model's curve carries no gradient")
+        if len(out) <= ROW_GRADIENTS:
+            rows = [torch.autograd.grad(out[i], x, retain_graph=True, allow_unused=True)[0] for i in range(len(out))]
+            jac = torch.stack([torch.zeros_like(x) if r is None else r for r in rows]) if rows else x.new_zeros((0, len(x)))
+        else:
+            jac = torch.autograd.functional.jacobian(lambda v: fn(v[None])[0].reshape(-1), x.detach(), vectorize=True)
         return jac.detach().numpy().astype(np.float64), "autograd"
     except Exception:  # numpy-only forward model
         return finite_difference_jacobian(fn, np.asarray(point, dtype=np.float64)), "central differences"
