@@ -32,7 +32,9 @@ _share_cores()
 # After its last test a worker's interpreter takes 1 to 2 s to tear down what the tests imported (torch,
 # scikit-learn, pandas: some 5,000 modules), and the controller waits for it before it reports. Once a worker's
 # session has ended (pytest_unconfigure) and the exit handlers registered after this file have run (temporary
-# directories, torch, logging), the worker ends without that teardown. Only in workers, only after a normal end.
+# folders, torch, the tests' own), the worker ends without that teardown. The two registered before this file,
+# logging's shutdown and execnet's group cleanup, are skipped: a worker logs to memory, has sent its results
+# and started no gateways. Only in workers, only after a normal end.
 _WORKER_DONE = False
 
 
