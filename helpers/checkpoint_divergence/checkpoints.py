@@ -657,8 +657,8 @@ def jacobian(fn: Callable, point: np.ndarray) -> tuple[np.ndarray, str]:
     Returns (J, method).
 
     Curves of up to ``ROW_GRADIENTS`` points take one backward pass per point: as fast as a batched one at that
-    size, without what batched gradients import on first use (sympy, about 0.7 s). Longer curves take the
-    batched (vectorised) jacobian.
+    size, without what batched gradients import on first use (sympy, about 0.7 s). Longer curves take one
+    batched backward pass; both reuse the one forward call.
     """
     import torch
 
@@ -672,9 +672,12 @@ def jacobian(fn: Callable, point: np.ndarray) -> tuple[np.ndarray, str]:
             raise TypeError("the forward model's curve carries no gradient")
         if len(out) <= ROW_GRADIENTS:
             rows = [torch.autograd.grad(out[i], x, retain_graph=True, allow_unused=True)[0] for i in range(len(out))]
-            jac = torch.stack([torch.zeros_like(x) if r is None else r for r in rows]) if rows else x.new_zeros((0, len(x)))
-        else:
-            jac = torch.autograd.functional.jacobian(lambda v: fn(v[None])[0].reshape(-1), x.detach(), vectorize=True)
+        else:  # all rows in one batched backward pass of the same graph
+            rows = torch.autograd.grad(out, x, torch.eye(len(out), dtype=out.dtype), is_grads_batched=True,
+                                       allow_unused=True)[0]
+            rows = [None] * len(out) if rows is None else list(rows)
+        zero = torch.zeros_like(x)
+        jac = torch.stack([zero if r is None else r for r in rows]) if rows else x.new_zeros((0, len(x)))
         return jac.detach().numpy().astype(np.float64), "autograd"
     except Exception:  # numpy-only forward model
         return finite_difference_jacobian(fn, np.asarray(point, dtype=np.float64)), "central differences"
