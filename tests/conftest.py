@@ -58,7 +58,16 @@ def pytest_unconfigure(config):
     _WORKER_DONE = "PYTEST_XDIST_WORKER" in os.environ
 
 
+# Collection imports torch, scikit-learn, pandas and the rest (some 500,000 objects that live as long as the
+# process), and the collector walks all of them six times on the way (about 1 s a worker). It is off from here
+# until collection ends, where what was imported is frozen (pytest_collection_finish). pytest-xdist's
+# controlling process collects nothing: it turns the collector back on at once (pytest_configure).
+gc.disable()
+
+
 def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        gc.enable()
     config.addinivalue_line("markers", "notebook: starts a kernel (papermill), a dask cluster or other worker "
                                        "processes (torch.distributed, the benchmarks); `-m 'not notebook'` is the fast set")
 
@@ -71,12 +80,28 @@ COLLECTION_IMPORTED: set[str] = set()
 
 
 def pytest_collection_finish(session):
-    """What collection imported (torch, scikit-learn, pandas, ...: some 500,000 objects) is never
-    garbage: moved out of the collector's reach, each full collection during the tests and the five at the
-    end (pytest looks for unraisable exceptions) no longer walks it; what the tests create is collected as
-    before."""
+    """What collection imported (torch, scikit-learn, pandas, ...: some 500,000 objects) is never garbage:
+    it is moved out of the collector's reach and the collector is turned on again. Each full collection during
+    the tests, and the five at the end (pytest looks for unraisable exceptions), no longer walks it; what the
+    tests create is collected as before."""
     COLLECTION_IMPORTED.update(m for m in TORCHMETRICS if m in sys.modules)
     gc.freeze()
+    gc.enable()
+    _MODULES_FROZEN[0] = len(sys.modules)
+
+
+_MODULES_FROZEN = [0]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """The same for a test that imports a library of its own (lightning, transformers, torch._dynamo: thousands
+    of modules): once it has run, the modules' objects are frozen too, else every later full collection
+    walks them again (about 0.15 s each). Only after an import of that size, so test data stays collectable."""
+    yield
+    if len(sys.modules) - _MODULES_FROZEN[0] > 500:
+        gc.freeze()
+        _MODULES_FROZEN[0] = len(sys.modules)
 
 
 def pytest_collection_modifyitems(config, items):
