@@ -1039,11 +1039,11 @@ def _keyword_is(node: ast.Call, key: str, value: bool) -> bool:
     return any(k.arg == key and isinstance(k.value, ast.Constant) and k.value.value is value for k in node.keywords)
 
 
-def unsafe_loads(source: str, where: str = "<source>") -> list[str]:
-    """Loader calls in ``source`` that could unpickle: np.load without allow_pickle=False,
-    torch.load without weights_only=True, any pickle-based reader."""
+def unsafe_loads(source: str | ast.AST, where: str = "<source>") -> list[str]:
+    """Loader calls in ``source`` (text, or its parsed tree) that could unpickle: np.load without
+    allow_pickle=False, torch.load without weights_only=True, any pickle-based reader."""
     bad = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(ast.parse(source) if isinstance(source, str) else source):
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func)
@@ -1065,8 +1065,8 @@ def test_the_unpickling_scan_sees_through_comments_and_strings():
 
 
 def test_loading_never_unpickles():
-    sources = {path: path.read_text() for path in sorted(PACKAGE_DIR.rglob("*.py"))}
-    calls = {_dotted(n.func) for text in sources.values() for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call)}
+    trees = {path: ast.parse(path.read_text()) for path in sorted(PACKAGE_DIR.rglob("*.py"))}
+    calls = {_dotted(n.func) for tree in trees.values() for n in ast.walk(tree) if isinstance(n, ast.Call)}
     assert calls & NUMPY_LOADS and calls & TORCH_LOADS, "the scan found no loader call at all"
-    bad = [line for path, text in sources.items() for line in unsafe_loads(text, str(path.relative_to(PACKAGE_DIR)))]
+    bad = [line for path, tree in trees.items() for line in unsafe_loads(tree, str(path.relative_to(PACKAGE_DIR)))]
     assert not bad, "\n".join(bad)
