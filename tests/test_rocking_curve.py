@@ -26,6 +26,31 @@ def test_strain_profile_honours_its_parameters():
     np.testing.assert_allclose(only_tail, 0.004 * np.exp(-(((z.numpy() + 200) / 800) ** 2)), atol=1e-15)
 
 
+def slab_by_slab(params: np.ndarray) -> np.ndarray:
+    """The module docstring's kinematic sum, written out with complex numbers, from the surface down: slab j's
+    phase rate a_j = (4 pi / lambda)(cos(thetaB) dtheta + sin(thetaB) eps_j), its amplitude
+    dz exp(i a_j dz / 2) sinc(a_j dz / 2) times the attenuation at its depth, at the phase accumulated above it;
+    then the substrate's 1 / (1/Lambda - i a_0) below the whole layer. (n curves, A angles) at a time."""
+    eps = rc.strain_profile(torch.as_tensor(params, dtype=torch.float64)).numpy()  # (n, S)
+    dz, q = rc.DEPTH / rc.N_SLABS, 4 * math.pi / rc.WAVELENGTH
+    dtheta = rc.angles(fine=True).numpy()[None, :] * rc.ARCSEC
+    amp, phase = np.zeros((len(eps), dtheta.size), complex), np.zeros((len(eps), dtheta.size))
+    for j, z in enumerate(rc.depths().numpy()):
+        a = q * (math.cos(rc.THETA_B) * dtheta + math.sin(rc.THETA_B) * eps[:, j:j + 1])
+        amp += dz * np.exp(1j * (phase + a * dz / 2)) * np.sinc(a * dz / 2 / np.pi) * math.exp(-z / rc.ABSORPTION)
+        phase += a * dz
+    a0 = q * math.cos(rc.THETA_B) * dtheta
+    amp += math.exp(-rc.DEPTH / rc.ABSORPTION) * np.exp(1j * phase) / (1 / rc.EXTINCTION - 1j * a0)
+    return np.abs(amp) ** 2 / rc.EXTINCTION**2
+
+
+def test_intensity_is_the_kinematic_sum_slab_by_slab():
+    params = np.array([EXAMPLE, [0.02, 0.02, 6000, 5000, 0.0, 500, -100], [0.004, 0.0, 3000, 10, 0.01, 2500, -1400]])
+    expected = slab_by_slab(params)
+    np.testing.assert_allclose(rc.intensity(torch.as_tensor(params)).numpy(), expected, rtol=1e-9)
+    np.testing.assert_allclose(rc.intensity(torch.as_tensor(params, dtype=torch.float32)).numpy(), expected, rtol=2e-2)
+
+
 def test_forward_shapes_dtypes_and_a_single_vector():
     p = torch.tensor([EXAMPLE, EXAMPLE], dtype=torch.float64)
     y = rc.forward(p)
