@@ -73,9 +73,10 @@ def pytest_configure(config):
 
 
 # torchmetrics imports transformers, scipy.signal and matplotlib when it is imported (4-6 s of CPU); lightning
-# imports torchmetrics. Test modules import them inside the tests that use them, and those tests share the
-# xdist group "torchmetrics", so one worker pays the import and the other never does.
-TORCHMETRICS = ("torchmetrics", "lightning", "transformers")
+# imports torchmetrics, and torch._dynamo (2 s), which any torch.optim optimizer imports when it is built.
+# Test modules import them inside the tests that use them, and those tests share the xdist group
+# "torchmetrics", so one worker pays the import and the other never does.
+TORCHMETRICS = ("torchmetrics", "lightning", "transformers", "torch._dynamo")
 COLLECTION_IMPORTED: set[str] = set()
 
 

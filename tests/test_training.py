@@ -1,8 +1,11 @@
 """helpers.training: the labs' optimiser is torch's Adam, to the bit."""
 
+import pytest
+
 from helpers.training import FastAdam
 
 
+@pytest.mark.xdist_group("torchmetrics")  # torch.optim.Adam imports torch._dynamo; see conftest.TORCHMETRICS
 def test_fast_adam_matches_torch_optim_adam():
     import torch
 
