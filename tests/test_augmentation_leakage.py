@@ -212,22 +212,6 @@ def test_the_diagnosis_is_deterministic(tmp_path):
     assert "not_applicable" not in {f.status for f in a.found.values()}  # every check ran
 
 
-def test_a_variant_of_the_run_is_diagnosed_with_dataclasses_replace(tmp_path):
-    """What the notebook's solutions do: the same run, its samples re-split by parent or without parent ids."""
-    df, feats = diabetes_frame(copies=5, noise=0.02)
-    df.to_parquet(tmp_path / "s.parquet")
-    (tmp_path / "declared.json").write_text(json.dumps({"m": 1, "f": 1}))
-    r = pipeline(dx, samples=str(tmp_path / "s.parquet"), declared_copies=str(tmp_path / "declared.json"),
-                 output_dir=str(tmp_path / "out"), **with_losses(df, feats))
-    s = r.run.samples.copy()
-    s["split"] = np.where(s["parent_id"] % 5 == 0, "val", "train")
-    found = {f.id: f for f in dx.findings(dx.diagnose(replace(r.run, samples=s), r.params))}
-    assert found["parent_leakage"].status == found["near_duplicate_leakage"].status == "not_detected"
-    assert found["augmentation_mismatch"].detected  # the declared copies are kept
-    no_ids = dx.diagnose(replace(r.run, samples=r.run.samples.drop(columns=["parent_id", "is_augmented"])), r.params)
-    assert no_ids.scan.reference_kind == "pseudo-parents" and no_ids.parent is None and no_ids.copies is None
-
-
 def _shift(images, rng):
     """Each 8x8 image moved by one pixel (a random non-zero move), the vacated border zero."""
     out = np.zeros_like(images)
@@ -344,19 +328,30 @@ def test_feature_columns_as_text(tmp_path):
     assert p["feature_columns"] == [] and "bmi" in run.features
 
 
-def test_a_variant_diagnosed_with_reuse_reads_the_same_search_and_gives_the_same_findings(tmp_path):
-    """``dx.diagnose(variant, params, reuse=diag)``: the variant's findings and metrics are those of a fresh
-    diagnosis (re-split by parent, parent ids dropped), without searching again; other rows are refused."""
-    df, feats = diabetes_frame(copies=2, noise=0.02)
+def test_a_variant_of_the_run_is_diagnosed_with_dataclasses_replace_and_with_reuse(tmp_path):
+    """What the notebook's solutions do: the same run, its samples re-split by parent or without parent ids,
+    diagnosed through ``dataclasses.replace``. With ``reuse=diag`` the variant's findings and metrics are
+    those of a fresh diagnosis, without searching again; other rows are refused."""
+    df, feats = diabetes_frame(copies=5, noise=0.02)
     df.to_parquet(tmp_path / "s.parquet")
-    r = pipeline(dx, samples=str(tmp_path / "s.parquet"), output_dir=str(tmp_path / "out"), **with_losses(df, feats))
+    (tmp_path / "declared.json").write_text(json.dumps({"m": 1, "f": 1}))
+    r = pipeline(dx, samples=str(tmp_path / "s.parquet"), declared_copies=str(tmp_path / "declared.json"),
+                 output_dir=str(tmp_path / "out"), **with_losses(df, feats))
     resplit = r.run.samples.assign(split=np.where(r.run.samples["parent_id"] % 5 == 0, "val", "train"))
-    for samples in (resplit, r.run.samples.drop(columns=["parent_id", "is_augmented"])):
+    no_ids = r.run.samples.drop(columns=["parent_id", "is_augmented"])
+    fresh = {}
+    for name, samples in (("resplit", resplit), ("no_ids", no_ids)):
         variant = replace(r.run, samples=samples)
-        reused, fresh = dx.diagnose(variant, r.params, reuse=r.diagnosis), dx.diagnose(variant, r.params)
+        reused, fresh[name] = dx.diagnose(variant, r.params, reuse=r.diagnosis), dx.diagnose(variant, r.params)
         assert reused.scan.link is r.diagnosis.scan.link
-        assert jsonable([asdict(f) for f in dx.findings(reused)]) == jsonable([asdict(f) for f in dx.findings(fresh)])
-        assert jsonable(dx.metrics(reused)) == jsonable(dx.metrics(fresh))
+        assert jsonable([asdict(f) for f in dx.findings(reused)]) == \
+            jsonable([asdict(f) for f in dx.findings(fresh[name])])
+        assert jsonable(dx.metrics(reused)) == jsonable(dx.metrics(fresh[name]))
+    found = {f.id: f for f in dx.findings(fresh["resplit"])}
+    assert found["parent_leakage"].status == found["near_duplicate_leakage"].status == "not_detected"
+    assert found["augmentation_mismatch"].detected  # the declared copies are kept
+    d = fresh["no_ids"]
+    assert d.scan.reference_kind == "pseudo-parents" and d.parent is None and d.copies is None
     with pytest.raises(ValueError, match="reuse"):
         dx.diagnose(replace(r.run, samples=r.run.samples.iloc[:-1]), r.params, reuse=r.diagnosis)
     with pytest.raises(ValueError, match="reuse"):
