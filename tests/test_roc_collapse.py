@@ -109,7 +109,7 @@ def test_float32_saturation_is_found_and_the_logits_recover_the_ranking(tmp_path
     assert found["late_collapse"].status == "detected"
 
 
-def bf16_training_run(n=20000, epochs=10, seed=0):
+def bf16_training_run(n=10000, epochs=10, seed=0):
     """A real small training run: an MLP on make_classification, evaluated under bfloat16 autocast each epoch."""
     from sklearn.datasets import make_classification
     from sklearn.model_selection import train_test_split
