@@ -184,6 +184,7 @@ def tie_audit(c: Curve, fpr_targets: Sequence[float]) -> dict:
 FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")
 
 
+@functools.lru_cache(maxsize=8)
 def saturation_logit(dtype: str) -> float:
     """Smallest logit, representable in ``dtype``, whose torch sigmoid in ``dtype`` is exactly 1.0.
 
