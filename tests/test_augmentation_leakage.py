@@ -166,35 +166,6 @@ def test_sample_companions_are_ignored_for_another_run(tmp_path):
     assert r.summary.to_dict()["sample_run"] is False
 
 
-def test_the_sample_run_is_announced_and_its_numbers_reconcile(tmp_path):
-    losses = json.loads(open(dx.SAMPLE_DIR / "losses.json").read())
-    r = pipeline(dx, samples=SAMPLE + "samples.parquet", feature_columns="[]",
-                 declared_copies=SAMPLE + "declared_copies.json", group_metrics=SAMPLE + "group_metrics.csv",
-                 baseline_run="baseline", output_dir=str(tmp_path / "out"), **losses)
-    assert r.banner.startswith(SAMPLE_BANNER)
-    assert list(r.run.inputs) == ["samples", "declared_copies", "group_metrics"]
-    assert "samples: 14040 rows (train 11934, val 2106)" in r.banner
-    assert f"logged losses: train {losses['train_loss']:g}, val {losses['val_loss']:g}" in r.banner
-    assert "declared copies per original: k=4,m=2 0, k=4,m=3 0, k=5,m=2 0, k=4,m=4 1," in r.banner
-    d = r.diagnosis
-    # the per-group values weighted by validation rows give back the logged val loss (4-decimal rounding)
-    assert d.weighted["this"]["row_weighted"] == pytest.approx(losses["val_loss"], abs=1e-3)
-    assert all(f.detected for f in r.found.values())
-    assert r.summary.metrics["val_metric_row_weighted"] == d.weighted["this"]["row_weighted"]
-    check_actions(r.found)
-    written = json.loads((tmp_path / "out" / "summary.json").read_text())["findings"]
-    assert {k: f["action"] for k, f in written.items()} == {k: f.action for k, f in r.found.items()}
-    # the actions' numbers are this run's: formatted from the diagnosis, not quoted from the source
-    gap = d.gap
-    assert f"({gap['clean_split']['val_mse']:.4f} vs {gap['actual_split']['val_mse']:.4f})" in \
-        r.found["suspicious_train_val_gap"].action
-    w = d.weighted["this"]
-    assert f"{w['row_weighted']:.3f} row-weighted, {w['reference_weighted']:.3f} with the share of original rows" in \
-        r.found["val_composition_imbalance"].action
-    # parent ids and the features alone agree on the leak (one effect, one number)
-    assert d.scan.leaked_share == pytest.approx(d.parent[0]["leaked_share"], abs=0.02)
-
-
 def test_the_diagnosis_is_deterministic(tmp_path):
     """Two in-process runs of the same augmented run (every finding computed) give the same summary."""
     df, feats = diabetes_frame(copies=5, noise=0.02)

@@ -1,7 +1,9 @@
-"""Notebook 05 under papermill: the sample run (executed once per suite), one run made up here, and a
-bad input in one line. Everything else is checked in-process in test_augmentation_leakage.py."""
+"""Notebook 05 under papermill: the sample run (executed once per suite, and diagnosed in-process beside it),
+one run made up here, and a bad input in one line. Everything else is checked in-process in
+test_augmentation_leakage.py."""
 
 import html
+import json
 import re
 
 import nbformat
@@ -88,14 +90,42 @@ def test_sample_run_from_another_directory(sample_execution):
 
 @pytest.mark.xdist_group(NAME)
 def test_sample_run_is_deterministic_and_the_face_gives_the_notebooks_summary(sample_execution, tmp_path):
-    """The diagnosis in-process gives the executed notebook's findings and metrics; the lab too."""
+    """The diagnosis in-process, on the sample's files named one by one, gives the executed notebook's findings
+    and metrics; the lab too. Its banner announces the sample, and its numbers reconcile with the logs."""
     summary, _ = sample_execution(NAME)
-    r = pipeline(dx, output_dir=str(tmp_path / "out"), write=False)
+    losses = json.loads((dx.SAMPLE_DIR / "losses.json").read_text())
+    sample = "data_samples/05_augmentation_leakage/"
+    r = pipeline(dx, samples=sample + "samples.parquet", feature_columns="[]",
+                 declared_copies=sample + "declared_copies.json", group_metrics=sample + "group_metrics.csv",
+                 baseline_run="baseline", output_dir=str(tmp_path / "out"), **losses)
     mine = r.summary.to_dict()
     lab_keys = [k for k in summary["metrics"] if k.startswith("lab")]
     assert mine["findings"] == summary["findings"]  # actions included
     assert mine["metrics"] == {k: v for k, v in summary["metrics"].items() if k not in lab_keys}
     assert jsonable(lab.run(lab.LabConfig(seed=0)).to_dict(orient="records")) == summary["metrics"]["lab"]
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())["findings"]
+    assert {k: f["action"] for k, f in written.items()} == {k: f.action for k, f in r.found.items()}
+    assert r.banner.startswith(SAMPLE_BANNER)
+    assert list(r.run.inputs) == ["samples", "declared_copies", "group_metrics"]
+    assert "samples: 14040 rows (train 11934, val 2106)" in r.banner
+    assert f"logged losses: train {losses['train_loss']:g}, val {losses['val_loss']:g}" in r.banner
+    assert "declared copies per original: k=4,m=2 0, k=4,m=3 0, k=5,m=2 0, k=4,m=4 1," in r.banner
+    d = r.diagnosis
+    # the per-group values weighted by validation rows give back the logged val loss (4-decimal rounding)
+    assert d.weighted["this"]["row_weighted"] == pytest.approx(losses["val_loss"], abs=1e-3)
+    assert all(f.detected for f in r.found.values())
+    assert r.summary.metrics["val_metric_row_weighted"] == d.weighted["this"]["row_weighted"]
+    # every detected finding carries an action, rendered in "What to change" (test_sample_run_from_another_directory)
+    assert all(f.action for f in r.found.values())
+    # the actions' numbers are this run's: formatted from the diagnosis, not quoted from the source
+    gap = d.gap
+    assert f"({gap['clean_split']['val_mse']:.4f} vs {gap['actual_split']['val_mse']:.4f})" in \
+        r.found["suspicious_train_val_gap"].action
+    w = d.weighted["this"]
+    assert f"{w['row_weighted']:.3f} row-weighted, {w['reference_weighted']:.3f} with the share of original rows" in \
+        r.found["val_composition_imbalance"].action
+    # parent ids and the features alone agree on the leak (one effect, one number)
+    assert d.scan.leaked_share == pytest.approx(d.parent[0]["leaked_share"], abs=0.02)
 
 
 def test_made_up_clean_run_without_parents(tmp_path, elsewhere):
