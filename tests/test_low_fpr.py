@@ -11,8 +11,8 @@ from helpers.roc_collapse import low_fpr as lf
 def brute(labels, scores, fpr_target=None, tpr_target=None):
     """Every threshold tried: the step functions by definition."""
     y, s = np.asarray(labels), np.asarray(scores, float)
-    pts = [(0.0, 0.0)] + [((s[y == 0] >= t).mean(), (s[y == 1] >= t).mean()) for t in np.unique(s)]
-    pts = np.array(pts)
+    t = np.unique(s)[:, None]  # one row per threshold, the rows' scores across
+    pts = np.vstack([[0.0, 0.0], np.c_[(s[y == 0] >= t).mean(axis=1), (s[y == 1] >= t).mean(axis=1)]])
     if fpr_target is not None:
         return pts[pts[:, 0] <= fpr_target, 1].max()
     ok = pts[:, 1] >= tpr_target
