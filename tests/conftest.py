@@ -98,7 +98,9 @@ _MODULES_FROZEN = [0]
 def pytest_runtest_protocol(item, nextitem):
     """The same for a test that imports a library of its own (lightning, transformers, torch._dynamo: thousands
     of modules): once it has run, the modules' objects are frozen too, else every later full collection
-    walks them again (about 0.15 s each). Only after an import of that size, so test data stays collectable."""
+    walks them again (about 0.15 s each). Only after an import of that size (once or twice a worker): what is
+    alive then is frozen with them, and is still freed when its last reference goes, but a reference cycle
+    among it would never be collected."""
     yield
     if len(sys.modules) - _MODULES_FROZEN[0] > 500:
         gc.freeze()
