@@ -78,6 +78,7 @@ def pytest_configure(config):
 # "torchmetrics", so one worker pays the import and the other never does.
 TORCHMETRICS = ("torchmetrics", "lightning", "transformers", "torch._dynamo")
 COLLECTION_IMPORTED: set[str] = set()
+_MODULES_FROZEN = 0  # len(sys.modules) at the last gc.freeze()
 
 
 def pytest_collection_finish(session):
@@ -86,12 +87,10 @@ def pytest_collection_finish(session):
     the tests, and the five at the end (pytest looks for unraisable exceptions), no longer walks it; what the
     tests create is collected as before."""
     COLLECTION_IMPORTED.update(m for m in TORCHMETRICS if m in sys.modules)
+    global _MODULES_FROZEN
     gc.freeze()
     gc.enable()
-    _MODULES_FROZEN[0] = len(sys.modules)
-
-
-_MODULES_FROZEN = [0]
+    _MODULES_FROZEN = len(sys.modules)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -101,10 +100,11 @@ def pytest_runtest_protocol(item, nextitem):
     walks them again (about 0.15 s each). Only after an import of that size (once or twice a worker): what is
     alive then is frozen with them, and is still freed when its last reference goes, but a reference cycle
     among it would never be collected."""
+    global _MODULES_FROZEN
     yield
-    if len(sys.modules) - _MODULES_FROZEN[0] > 500:
+    if len(sys.modules) - _MODULES_FROZEN > 500:
         gc.freeze()
-        _MODULES_FROZEN[0] = len(sys.modules)
+        _MODULES_FROZEN = len(sys.modules)
 
 
 def pytest_collection_modifyitems(config, items):

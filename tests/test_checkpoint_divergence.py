@@ -287,15 +287,15 @@ def unseen_model(tmp_path):
     target = x @ w + 0.1 * rng.normal(size=(60, 2))
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = FastAdam(net.parameters(), lr=0.05)  # torch.optim imports torch._dynamo (2 s); see make_diabetes_run
     ck_dir = tmp_path / "ckpts"
     ck_dir.mkdir()
     for step in range(1, 7):
-        for _ in range(20):  # plain gradient descent, written out (torch.optim imports torch._dynamo: 2 s)
-            net.zero_grad()
-            ((net(torch.as_tensor(x)) - torch.as_tensor(target, dtype=torch.float32)) ** 2).mean().backward()
-            with torch.no_grad():
-                for p in net.parameters():
-                    p -= 0.05 * p.grad
+        for _ in range(20):
+            loss = ((net(torch.as_tensor(x)) - torch.as_tensor(target, dtype=torch.float32)) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         sd = {k: v.clone() for k, v in net.state_dict().items()}
         if step % 3 == 0:
             torch.save(sd, ck_dir / f"step{step}.pt")  # plain state dict, epoch from the name
